@@ -1,0 +1,1 @@
+"""nim-operator: reconciles NIMService resources into GPU-placed inference pods."""

@@ -1,0 +1,1 @@
+"""nim-runtime: a NIM-compatible inference server backed by vLLM."""
