@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from nim_runtime.profiles import (
     NodeGpuFacts,
     ProfileError,
@@ -72,7 +71,8 @@ def test_gpu_family_matching_is_by_token(family: str, product: str, expected: bo
 
 
 def test_hardware_specific_low_precision_wins() -> None:
-    assert LLAMA_8B is not None and LLAMA_70B is not None
+    assert LLAMA_8B is not None
+    assert LLAMA_70B is not None
     decision = select_profile(LLAMA_8B, CLUSTER)
     assert decision.profile.id == "vllm-fp8-tp1-h100"
     assert decision.gpu_products == ("NVIDIA-H100-80GB-HBM3",)
@@ -165,7 +165,9 @@ def test_local_profile_without_gpus_is_cpu_and_typo_lists_valid_ids() -> None:
 
 def test_bad_manifest_names_the_field() -> None:
     with pytest.raises(ValueError, match="precision"):
-        parse_manifest("name: x\nsource: hf://x/y\nmax_model_len: 10\nlicense: mit\nprofiles:\n- {id: a, precision: fp7}")
+        parse_manifest(
+            "name: x\nsource: hf://x/y\nmax_model_len: 10\nlicense: mit\nprofiles:\n- {id: a, precision: fp7}"
+        )
     with pytest.raises(ValueError, match="appears twice"):
         parse_manifest(
             "name: x\nsource: hf://x/y\nmax_model_len: 10\nlicense: mit\n"

@@ -1,0 +1,274 @@
+"""The NIMService API as typed models: the one source of truth for the CRD schema.
+
+Field names follow NVIDIA's NIM operator so its manifests work after changing ``apiVersion``.
+Kubernetes objects we only pass through (resources, affinity, probes ...) stay free-form here and are
+validated by the API server where they land, in the Deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from nim_operator import constants as c
+
+
+def _k8s_object(description: str) -> Any:
+    """A pass-through Kubernetes object: kept verbatim, validated where it is used."""
+    return Field(
+        default=None, description=description, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Image(_Model):
+    repository: str = Field(
+        min_length=1, description="Runtime image repository, e.g. nvcr.io/nim/meta/llama-3.1-8b-instruct."
+    )
+    tag: str = Field(min_length=1, description="Runtime image tag.")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy."
+    )
+    pull_secrets: list[str] = Field(default_factory=list, description="Names of image pull Secrets.")
+
+
+class NIMCacheRef(_Model):
+    name: str = Field(min_length=1, description="NIMCache whose PVC (<name>-pvc) holds the model.")
+    profile: str | None = Field(default=None, description="Profile cached there.")
+
+
+class PVC(_Model):
+    create: bool = Field(default=False, description="Create the PVC (named <NIMService>-pvc unless name is set).")
+    name: str | None = Field(default=None, description="Existing PVC to use, or the name of the one to create.")
+    storage_class: str | None = Field(default=None, description="Storage class of a created PVC.")
+    size: str | None = Field(default=None, description="Size of a created PVC, e.g. 50Gi.")
+    volume_access_mode: str | None = Field(default=None, description="Access mode of a created PVC.")
+    sub_path: str | None = Field(default=None, description="Sub-path of the volume mounted at /model-store.")
+
+
+class EmptyDir(_Model):
+    size_limit: str | None = Field(default=None, description="Size limit of the emptyDir model store.")
+
+
+class Storage(_Model):
+    nim_cache: NIMCacheRef | None = Field(default=None, description="Use a NIMCache's volume.")
+    pvc: PVC | None = Field(default=None, description="Use (or create) a PersistentVolumeClaim.")
+    host_path: str | None = Field(default=None, description="Use a node path (single-node setups only).")
+    empty_dir: EmptyDir | None = Field(default=None, description="Use a scratch volume (downloads on every start).")
+    shared_memory_size_limit: str | None = Field(default=None, description="Size limit of /dev/shm.")
+    read_only: bool = Field(default=False, description="Mount the model store read-only.")
+
+
+class HPA(_Model):
+    min_replicas: int = Field(default=1, ge=1, description="Lower bound of replicas.")
+    max_replicas: int = Field(ge=1, description="Upper bound of replicas.")
+    metrics: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description=f"autoscaling/v2 metrics; default: pods metric {c.DEFAULT_HPA_METRIC} averaging "
+        f"{c.DEFAULT_HPA_QUEUE_TARGET} waiting requests.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    behavior: dict[str, Any] | None = _k8s_object("autoscaling/v2 scaling behavior.")
+
+
+class Scale(_Model):
+    enabled: bool = Field(default=False, description="Create a HorizontalPodAutoscaler; replicas are then left to it.")
+    hpa: HPA | None = Field(default=None, description="Autoscaler bounds and metrics.")
+
+
+class ServiceExpose(_Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
+    port: int = Field(default=c.DEFAULT_PORT, ge=1, le=65535, description="Service and container port (named api).")
+    name: str | None = Field(default=None, description="Service name; defaults to the NIMService name.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Service annotations.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra Service labels.")
+
+
+class IngressExpose(_Model):
+    enabled: bool = Field(default=False, description="Create an Ingress.")
+    spec: dict[str, Any] | None = _k8s_object(
+        "networking.k8s.io/v1 IngressSpec; rules without a backend get the Service."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Ingress annotations.")
+
+
+class Expose(_Model):
+    service: ServiceExpose = Field(default_factory=ServiceExpose, description="The Service in front of the pods.")
+    ingress: IngressExpose | None = Field(default=None, description="Optional Ingress.")
+
+
+class ServiceMonitorSpec(_Model):
+    additional_labels: dict[str, str] = Field(default_factory=dict, description="Labels for Prometheus to select it.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="ServiceMonitor annotations.")
+    interval: str | None = Field(default=None, description="Scrape interval, e.g. 30s.")
+    scrape_timeout: str | None = Field(default=None, description="Scrape timeout, e.g. 10s.")
+
+
+class Metrics(_Model):
+    enabled: bool = Field(default=False, description="Create a ServiceMonitor scraping /v1/metrics.")
+    service_monitor: ServiceMonitorSpec = Field(
+        default_factory=ServiceMonitorSpec, description="ServiceMonitor settings."
+    )
+
+
+class ProbeSpec(_Model):
+    enabled: bool = Field(default=True, description="false removes the probe.")
+    probe: dict[str, Any] | None = _k8s_object("A core/v1 Probe replacing the default.")
+
+
+class Model(_Model):
+    name: str | None = Field(
+        default=None, description="Catalog name, also the served name, e.g. meta/llama-3.1-8b-instruct."
+    )
+    uri: str | None = Field(
+        default=None, description="Where the weights are: hf://org/name, pvc://claim/path or a path."
+    )
+
+
+class GpuProduct(_Model):
+    product: str = Field(min_length=1, description="GFD product (NVIDIA-H100-80GB-HBM3) or family (H100).")
+
+
+class ProfileSelectorSpec(_Model):
+    engine: Literal["vllm"] | None = Field(default=None, description="Inference engine.")
+    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+        default=None, description="Precision."
+    )
+    tensor_parallelism: int | None = Field(default=None, ge=1, description="GPUs per replica.")
+    qos_profile: Literal["throughput", "latency"] | None = Field(default=None, description="Optimisation target.")
+    lora: bool | None = Field(default=None, description="Whether the profile supports LoRA adapters.")
+    gpus: list[GpuProduct] = Field(default_factory=list, description="Acceptable GPU products (any of them).")
+
+
+_ONE_STORAGE = "[has(self.nimCache), has(self.pvc), has(self.hostPath), has(self.emptyDir)].filter(x, x).size() <= 1"
+
+#: CEL rules checked at admission, as (path from spec root or "" for spec, rule, message).
+VALIDATIONS: tuple[tuple[str, str, str], ...] = (
+    (
+        "",
+        "!(has(self.replicas) && has(self.scale) && self.scale.enabled)",
+        "spec.replicas cannot be set while spec.scale.enabled is true: remove replicas or disable autoscaling",
+    ),
+    (
+        "",
+        "!(has(self.scale) && self.scale.enabled) || (has(self.scale.hpa) && has(self.scale.hpa.maxReplicas))",
+        "spec.scale.enabled needs spec.scale.hpa.maxReplicas",
+    ),
+    (
+        "",
+        "!(has(self.profile) && has(self.profileSelector))",
+        "set spec.profile (one profile) or spec.profileSelector (constraints), not both",
+    ),
+    ("storage", _ONE_STORAGE, "spec.storage takes one source: nimCache, pvc, hostPath or emptyDir"),
+    ("storage.pvc", "!self.create || has(self.size)", "spec.storage.pvc.create needs spec.storage.pvc.size"),
+    ("scale.hpa", "self.minReplicas <= self.maxReplicas", "spec.scale.hpa.minReplicas must not exceed maxReplicas"),
+    (
+        "model",
+        "has(self.name) || has(self.uri)",
+        "spec.model needs name (a catalog model) or uri (hf://, pvc:// or a path)",
+    ),
+)
+
+
+class NIMServiceSpec(_Model):
+    """Desired state of a NIMService."""
+
+    image: Image = Field(description="The runtime image.")
+    auth_secret: str | None = Field(
+        default=None, description="Secret with NGC_API_KEY and/or HF_TOKEN, injected by reference."
+    )
+    storage: Storage | None = Field(default=None, description="The model store mounted at /model-store.")
+    model: Model | None = Field(default=None, description="What to serve when the image is not model-specific.")
+    model_manifest: str | None = Field(default=None, description="ConfigMap with a model manifest under manifest.yaml.")
+    profile: str | None = Field(default=None, description="Run exactly this profile id.")
+    profile_selector: ProfileSelectorSpec | None = Field(
+        default=None, description="Constraints for choosing a profile."
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra container env (core/v1 EnvVar); wins over the operator's.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    command: list[str] = Field(default_factory=list, description="Container command override.")
+    args: list[str] = Field(default_factory=list, description="Container args override.")
+    resources: dict[str, Any] | None = _k8s_object(
+        "core/v1 ResourceRequirements; nvidia.com/gpu defaults to the profile's."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels for the pods and children.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations for the pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod tolerations; the GPU taint is tolerated automatically for GPU pods.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    affinity: dict[str, Any] | None = _k8s_object("core/v1 Affinity, merged with the profile's node affinity.")
+    runtime_class_name: str | None = Field(default=None, description="Pod runtimeClassName.")
+    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
+    scheduler_name: str | None = Field(default=None, description="Pod schedulerName.")
+    replicas: int | None = Field(
+        default=None, ge=0, description=f"Replicas (default {c.DEFAULT_REPLICAS}); not with autoscaling."
+    )
+    scale: Scale | None = Field(default=None, description="Horizontal autoscaling.")
+    expose: Expose = Field(default_factory=Expose, description="Service and Ingress.")
+    metrics: Metrics | None = Field(default=None, description="Prometheus ServiceMonitor.")
+    liveness_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.LIVE_PATH}.")
+    readiness_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}.")
+    startup_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}, up to 20 minutes.")
+    user_id: int = Field(default=c.DEFAULT_USER_ID, ge=1, alias="userID", description="Pod runAsUser (non-root).")
+    group_id: int = Field(default=c.DEFAULT_GROUP_ID, ge=0, alias="groupID", description="Pod runAsGroup and fsGroup.")
+
+    @property
+    def autoscaling(self) -> bool:
+        return bool(self.scale and self.scale.enabled)
+
+    @property
+    def desired_replicas(self) -> int:
+        return c.DEFAULT_REPLICAS if self.replicas is None else self.replicas
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class Rejected(_Model):
+    id: str
+    why: str
+
+
+class ProfileStatus(_Model):
+    id: str | None = Field(default=None, description="Chosen profile; empty when the runtime chooses.")
+    tags: dict[str, str] = Field(default_factory=dict)
+    gpu_products: list[str] = Field(default_factory=list)
+    gpu_count: int = 0
+    reason: str = ""
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+class ModelStatus(_Model):
+    name: str | None = None
+    cluster_endpoint: str | None = None
+    external_endpoint: str | None = None
+
+
+class NIMServiceStatus(_Model):
+    """Observed state, written by the operator."""
+
+    state: Literal["Pending", "NotReady", "Ready", "Failed"] = "Pending"
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    available_replicas: int = 0
+    replicas: int = Field(default=0, description="Pods of the current revision (scale subresource).")
+    selector: str | None = Field(default=None, description="Pod label selector (scale subresource).")
+    model: ModelStatus | None = None
+    profile: ProfileStatus | None = None

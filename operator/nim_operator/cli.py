@@ -1,0 +1,110 @@
+"""`nim-operator`: run the operator, plan a placement, or print the CRD."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from nim_operator import handlers  # noqa: F401  (registers the handlers)
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=args.standalone,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Show the decision the operator would make, without applying anything."""
+    from nim_runtime.profiles import ProfileError
+    from pydantic import ValidationError
+
+    from nim_operator.api.spec import NIMServiceSpec
+    from nim_operator.kube import Kube, api_client
+    from nim_operator.placement import decide, manifest_for, node_facts
+
+    with open(args.file) if args.file != "-" else sys.stdin as stream:
+        docs = [d for d in yaml.safe_load_all(stream) if d]
+    kube = Kube(api_client(args.kubeconfig))
+    nodes = [f for n in kube.list_nodes() if (f := node_facts(n)) is not None]
+    worst = 0
+    for doc in docs:
+        name = doc.get("metadata", {}).get("name", "?")
+        try:
+            spec = NIMServiceSpec.model_validate(doc.get("spec") or {})
+        except ValidationError as err:
+            print(f"{name}: invalid spec: {err}")
+            worst = 2
+            continue
+        manifest = manifest_for(spec)
+        if manifest is None:
+            print(f"{name}: no manifest known for {spec.image.repository}; the runtime would choose its profile")
+            continue
+        try:
+            decision = decide(spec, manifest, nodes, previous=None)
+        except ProfileError as err:
+            print(f"{name}: {err}")
+            worst = max(worst, 1)
+            continue
+        print(f"{name}: {decision.reason}")
+        print(f"  profile: {decision.profile.id}  tags: {json.dumps(decision.profile.tags, sort_keys=True)}")
+        print(f"  gpu products: {', '.join(decision.gpu_products) or '-'}  nodes: {', '.join(decision.nodes) or '-'}")
+        for rejected in decision.rejected:
+            print(f"  not {rejected.id}: {rejected.why}")
+    return worst
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from nim_operator.api.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if args.output:
+        with open(args.output, "w") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nim-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the cluster of KUBECONFIG")
+    run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    run.add_argument("--standalone", action="store_true", help="no peering: act even if another operator runs")
+    run.add_argument("--peering", default=None, help="kopf peering object name (leader election)")
+    run.add_argument("--liveness", default=None, help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.set_defaults(func=_run)
+
+    plan = commands.add_parser("plan", help="print the profile decision for NIMService manifests")
+    plan.add_argument("-f", "--file", required=True, help="NIMService YAML file, or - for stdin")
+    plan.add_argument("--kubeconfig", help="kubeconfig file")
+    plan.set_defaults(func=_plan)
+
+    crd = commands.add_parser("crd", help="print the CRD generated from the typed spec")
+    crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.set_defaults(func=_crd)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Names and defaults that more than one module needs, defined once."""
+
+from __future__ import annotations
+
+GROUP = "apps.nimoperator.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "NIMService"
+PLURAL = "nimservices"
+SINGULAR = "nimservice"
+SHORT_NAMES = ("nimsvc",)
+
+FIELD_MANAGER = "nim-operator"
+
+# Labels put on every child; the first two form the (immutable) pod selector.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "nim-operator"
+
+# GPU Feature Discovery labels and the device plugin's resource.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+GPU_FAMILY_LABEL = "nvidia.com/gpu.family"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+
+# The runtime contract.
+API_PORT_NAME = "api"
+DEFAULT_PORT = 8000
+MODEL_STORE = "/model-store"
+LIVE_PATH = "/v1/health/live"
+READY_PATH = "/v1/health/ready"
+METRICS_PATH = "/v1/metrics"
+
+ENV_CACHE_PATH = "NIM_CACHE_PATH"
+ENV_SERVER_PORT = "NIM_SERVER_PORT"
+ENV_MODEL_PROFILE = "NIM_MODEL_PROFILE"
+ENV_MODEL_NAME = "NIM_MODEL_NAME"
+ENV_MODEL_PATH = "NIM_MODEL_PATH"
+ENV_SERVED_MODEL_NAME = "NIM_SERVED_MODEL_NAME"
+ENV_JSONL_LOGGING = "NIM_JSONL_LOGGING"
+SECRET_KEYS = ("NGC_API_KEY", "HF_TOKEN")
+
+DEFAULT_REPLICAS = 1
+DEFAULT_USER_ID = 1000
+DEFAULT_GROUP_ID = 2000
+
+# Default probes: (path, initialDelaySeconds, periodSeconds, timeoutSeconds, failureThreshold).
+LIVENESS_PROBE = (LIVE_PATH, 15, 10, 1, 3)
+READINESS_PROBE = (READY_PATH, 15, 10, 1, 3)
+STARTUP_PROBE = (READY_PATH, 30, 10, 1, 120)
+
+# The runtime's queue metric, for the default HPA target (served through a metrics adapter).
+DEFAULT_HPA_METRIC = "nim_runtime_queue_depth"
+DEFAULT_HPA_QUEUE_TARGET = "4"

@@ -1,0 +1,151 @@
+"""The operator's only door to the API server: server-side apply, reads, deletes, status writes.
+
+Kept small so the reconciler reads as intent. Every child is applied with one field manager, and
+each carries a hash of its desired body so an unchanged child costs no request at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from nim_operator import constants as c
+
+HASH_ANNOTATION = "nimoperator.dev/desired-hash"
+ABSENT = ("absent", 0)
+
+
+def desired_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client from the given kubeconfig, else the in-cluster service account, else ~/.kube/config."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Typed-enough helpers over the dynamic client; thread-safe for kopf's handler threads."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.dynamic = DynamicClient(api)
+        self.core = client.CoreV1Api(api)
+        # Child -> (hash of the desired body we applied, metadata.generation the server gave it back).
+        self._applied: dict[tuple[str, str, str, str], tuple[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply unless the same body was applied before; returns the live object if applied."""
+        meta = body["metadata"]
+        key = (body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+        digest = desired_hash(body)
+        with self._lock:
+            if self._applied.get(key, ("", 0))[0] == digest:
+                return None
+        stamped = {
+            **body,
+            "metadata": {**meta, "annotations": {**meta.get("annotations", {}), HASH_ANNOTATION: digest}},
+        }
+        resource = self._resource(body["apiVersion"], body["kind"])
+        live = resource.server_side_apply(
+            body=stamped,
+            name=meta["name"],
+            namespace=meta["namespace"],
+            field_manager=c.FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        result: dict[str, Any] = live.to_dict()
+        with self._lock:
+            self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
+        return result
+
+    def forget(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Drop the memory of an applied child (it was changed or deleted by someone else)."""
+        with self._lock:
+            self._applied.pop((api_version, kind, namespace, name), None)
+
+    def observe(self, obj: dict[str, Any]) -> None:
+        """Learn from a watch event of a child.
+
+        After a restart the hash annotation tells what was applied, so nothing is re-applied. A
+        generation other than the one our apply produced means someone else changed the spec: forget
+        it, and the next reconcile applies it again (restoring the fields we own).
+        """
+        meta = obj.get("metadata", {})
+        key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        generation = int(meta.get("generation") or 0)
+        digest = (meta.get("annotations") or {}).get(HASH_ANNOTATION)
+        with self._lock:
+            known = self._applied.get(key)
+            if known is None and digest:
+                self._applied[key] = (digest, generation)
+            elif known is not None and known[1] != generation:
+                del self._applied[key]
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        except (NotFoundError, ResourceNotFoundError):
+            return None
+        return obj
+
+    def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete a child only if this NIMService controls it: never a user's object of the same name."""
+        key = (api_version, kind, namespace, name)
+        with self._lock:
+            if self._applied.get(key) == ABSENT:
+                return False
+        live = self.get(api_version, kind, namespace, name)
+        deleted = False
+        if live is not None:
+            refs = live.get("metadata", {}).get("ownerReferences") or []
+            if any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+                self._resource(api_version, kind).delete(name=name, namespace=namespace)
+                deleted = True
+        with self._lock:
+            self._applied[key] = ABSENT
+        return deleted
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.api.sanitize_for_serialization(self.core.list_node().items)
+        return items
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace)
+        except client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        data: dict[str, str] = cm.data or {}
+        return data
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status}
+        )

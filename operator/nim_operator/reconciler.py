@@ -1,0 +1,217 @@
+"""One level-based reconcile of one NIMService: read facts, decide, render, apply, report.
+
+Called for every change of the NIMService, of its Deployment and of the cluster's GPU nodes; it
+never branches on which event happened. Unchanged children and unchanged status cost no write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
+from pydantic import ValidationError
+
+from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
+from nim_operator.kube import Kube
+from nim_operator.placement import decide, manifest_for, placement_of, profile_status
+from nim_operator.render import Owner, render_children
+from nim_operator.status import Failure, compute_status
+
+log = logging.getLogger(__name__)
+
+MANIFEST_KEY = "manifest.yaml"
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did: for events, metrics and tests."""
+
+    status: NIMServiceStatus
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        path = "spec." + ".".join(str(p) for p in e["loc"])
+        parts.append(f"{path}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
+    raw = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    if not raw:
+        return None
+    try:
+        return NIMServiceStatus.model_validate(raw)
+    except ValidationError:
+        return None  # written by an older operator: start afresh
+
+
+def _resolve_manifest(kube: Kube, namespace: str, spec: NIMServiceSpec) -> ModelManifest | None:
+    """The manifest from the named ConfigMap, or the catalog. Raises Failure-worthy ValueError."""
+    if not spec.model_manifest:
+        return manifest_for(spec)
+    data = kube.read_config_map(namespace, spec.model_manifest)
+    if data is None:
+        raise ValueError(f"spec.modelManifest: ConfigMap {namespace}/{spec.model_manifest} does not exist")
+    if MANIFEST_KEY not in data:
+        raise ValueError(f"spec.modelManifest: ConfigMap {spec.model_manifest} has no key {MANIFEST_KEY}")
+    try:
+        return parse_manifest(data[MANIFEST_KEY])
+    except ValueError as err:
+        raise ValueError(
+            f"spec.modelManifest: ConfigMap {spec.model_manifest} holds an invalid manifest: {err}"
+        ) from err
+
+
+class Reconciler:
+    """Holds the shared, watched facts (GPU nodes) and serialises work per NIMService."""
+
+    def __init__(self, kube: Kube, emit: EventSink | None = None) -> None:
+        self.kube = kube
+        self.emit = emit or (lambda body, kind, reason, message: None)
+        self.nodes: dict[str, NodeGpuFacts] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None = None) -> Outcome:
+        meta = body["metadata"]
+        with self._lock((meta["namespace"], meta["name"])):
+            return self._reconcile(body, deployment)
+
+    def _reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None) -> Outcome:
+        meta = body["metadata"]
+        owner = Owner(meta["name"], meta["namespace"], meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        previous = _previous_status(body)
+        try:
+            spec = NIMServiceSpec.model_validate(body.get("spec") or {})
+        except ValidationError as err:
+            return self._fail(
+                body,
+                owner,
+                None,
+                generation,
+                previous,
+                None,
+                Failure("InvalidSpec", _validation_message(err)),
+            )
+
+        try:
+            manifest = _resolve_manifest(self.kube, owner.namespace, spec)
+        except ValueError as err:
+            return self._fail(body, owner, spec, generation, previous, None, Failure("InvalidManifest", str(err)))
+
+        decision: ProfileDecision | None = None
+        if manifest is None:
+            model = spec.model.name if spec.model and spec.model.name else spec.image.repository
+            pstatus = profile_status(
+                None,
+                unmanaged_reason=(
+                    f"no manifest is known for {model}: deployed with the resources and scheduling given in the "
+                    "spec; the runtime selects its profile"
+                ),
+            )
+        else:
+            sticky = (
+                previous.profile.id
+                if previous and previous.profile and previous.observed_generation == generation
+                else None
+            )
+            try:
+                decision = decide(spec, manifest, list(self.nodes.values()), previous=sticky)
+            except ProfileError as err:
+                failed = ProfileStatus(reason=str(err), rejected=[Rejected(id=r.id, why=r.why) for r in err.rejected])
+                return self._fail(body, owner, spec, generation, previous, failed, Failure("NoProfileFits", str(err)))
+            pstatus = profile_status(decision)
+
+        placement = placement_of(spec, manifest, decision)
+        outcome = Outcome(status=NIMServiceStatus())
+        for child in render_children(owner, spec, placement):
+            if child.body is None:
+                if self.kube.delete_owned(child.api_version, child.kind, owner.namespace, child.name, owner.uid):
+                    outcome.deleted.append(f"{child.kind}/{child.name}")
+                continue
+            live = self.kube.apply(child.body)
+            if live is not None:
+                outcome.applied.append(f"{child.kind}/{child.name}")
+                if child.kind == "Deployment":
+                    deployment = live
+        if deployment is None:
+            deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+
+        status = compute_status(
+            owner=owner,
+            spec=spec,
+            generation=generation,
+            previous=previous,
+            profile=pstatus,
+            served_model_name=placement.served_model_name,
+            failure=None,
+            deployment=deployment,
+            now=_now(),
+        )
+        outcome.status = status
+        outcome.status_written = self._write_status(body, owner, previous, status)
+        return outcome
+
+    def _fail(
+        self,
+        body: Mapping[str, Any],
+        owner: Owner,
+        spec: NIMServiceSpec | None,
+        generation: int,
+        previous: NIMServiceStatus | None,
+        pstatus: ProfileStatus | None,
+        failure: Failure,
+    ) -> Outcome:
+        """Report the failure and touch no child: what ran before keeps running, nothing half-applies."""
+        status = compute_status(
+            owner=owner,
+            spec=spec,
+            generation=generation,
+            previous=previous,
+            profile=pstatus,
+            served_model_name=None,
+            failure=failure,
+            deployment=None,
+            now=_now(),
+        )
+        written = self._write_status(body, owner, previous, status)
+        return Outcome(status=status, status_written=written)
+
+    def _write_status(
+        self, body: Mapping[str, Any], owner: Owner, previous: NIMServiceStatus | None, status: NIMServiceStatus
+    ) -> bool:
+        if previous is not None and previous == status:
+            return False
+        payload = status.model_dump(by_alias=True, mode="json")
+        self.kube.patch_status(owner.namespace, owner.name, payload)
+        before_state = previous.state if previous else None
+        before_profile = previous.profile.id if previous and previous.profile else None
+        now_profile = status.profile.id if status.profile else None
+        if now_profile and now_profile != before_profile:
+            self.emit(body, "Normal", "ProfileSelected", status.profile.reason if status.profile else "")
+        if status.state != before_state:
+            failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+            kind = "Warning" if failed else "Normal"
+            message = failed.message if failed else f"state {before_state or 'none'} -> {status.state}"
+            self.emit(body, kind, failed.reason if failed else status.state, message)
+        return True

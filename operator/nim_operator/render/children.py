@@ -1,0 +1,171 @@
+"""Every child of a NIMService, or the instruction to delete one whose feature is off."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from nim_operator import constants as c
+from nim_operator.api.spec import NIMServiceSpec
+from nim_operator.placement import Placement
+from nim_operator.render.deployment import render_deployment
+from nim_operator.render.meta import Owner, child_metadata, selector_labels
+
+
+@dataclass(frozen=True)
+class Child:
+    """One child: its identity, and its desired body or None when it must not exist."""
+
+    api_version: str
+    kind: str
+    name: str
+    body: dict[str, Any] | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.api_version, self.kind, self.name)
+
+
+def service_name(owner: Owner, spec: NIMServiceSpec) -> str:
+    return spec.expose.service.name or owner.name
+
+
+def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+    svc = spec.expose.service
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, service_name(owner, spec), {**spec.labels, **svc.labels}, svc.annotations),
+        "spec": {
+            "type": svc.type,
+            "selector": selector_labels(owner),
+            "ports": [{"name": c.API_PORT_NAME, "port": svc.port, "targetPort": c.API_PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def render_pdb(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+    """At most one pod down at a time for voluntary disruptions; an unhealthy pod never blocks a drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(owner, owner.name, spec.labels),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def default_hpa_metrics() -> list[dict[str, Any]]:
+    """Scale on queued requests per pod (the runtime's metric, through a custom-metrics adapter)."""
+    return [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": c.DEFAULT_HPA_METRIC},
+                "target": {"type": "AverageValue", "averageValue": c.DEFAULT_HPA_QUEUE_TARGET},
+            },
+        }
+    ]
+
+
+def render_hpa(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    if not spec.autoscaling or spec.scale is None or spec.scale.hpa is None:
+        return None
+    hpa = spec.scale.hpa
+    body: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+        "minReplicas": hpa.min_replicas,
+        "maxReplicas": hpa.max_replicas,
+        "metrics": copy.deepcopy(hpa.metrics) or default_hpa_metrics(),
+    }
+    if hpa.behavior:
+        body["behavior"] = copy.deepcopy(hpa.behavior)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": child_metadata(owner, owner.name, spec.labels),
+        "spec": body,
+    }
+
+
+def render_service_monitor(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    if spec.metrics is None or not spec.metrics.enabled:
+        return None
+    sm = spec.metrics.service_monitor
+    endpoint: dict[str, Any] = {"port": c.API_PORT_NAME, "path": c.METRICS_PATH}
+    if sm.interval:
+        endpoint["interval"] = sm.interval
+    if sm.scrape_timeout:
+        endpoint["scrapeTimeout"] = sm.scrape_timeout
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": child_metadata(owner, owner.name, {**spec.labels, **sm.additional_labels}, sm.annotations),
+        "spec": {"selector": {"matchLabels": selector_labels(owner)}, "endpoints": [endpoint]},
+    }
+
+
+def render_ingress(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    ingress = spec.expose.ingress
+    if ingress is None or not ingress.enabled:
+        return None
+    backend = {"service": {"name": service_name(owner, spec), "port": {"name": c.API_PORT_NAME}}}
+    body = copy.deepcopy(ingress.spec) if ingress.spec else {}
+    # Paths without a backend point at our Service, so a host and a path are all a user must write.
+    for rule in body.get("rules", []):
+        for path in rule.get("http", {}).get("paths", []):
+            path.setdefault("backend", backend)
+            path.setdefault("pathType", "Prefix")
+    if not body.get("rules") and "defaultBackend" not in body:
+        body["defaultBackend"] = backend
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": child_metadata(owner, owner.name, spec.labels, ingress.annotations),
+        "spec": body,
+    }
+
+
+def render_pvc(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    pvc = spec.storage.pvc if spec.storage else None
+    if pvc is None or not pvc.create:
+        return None
+    body: dict[str, Any] = {
+        "accessModes": [pvc.volume_access_mode or "ReadWriteOnce"],
+        "resources": {"requests": {"storage": pvc.size}},
+    }
+    if pvc.storage_class:
+        body["storageClassName"] = pvc.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": child_metadata(owner, pvc.name or f"{owner.name}-pvc", spec.labels),
+        "spec": body,
+    }
+
+
+def render_children(owner: Owner, spec: NIMServiceSpec, placement: Placement) -> list[Child]:
+    """All children in apply order (storage before the pods that mount it)."""
+    rendered: list[tuple[str, str, str, dict[str, Any] | None]] = [
+        (
+            "v1",
+            "PersistentVolumeClaim",
+            (
+                spec.storage.pvc.name
+                if spec.storage and spec.storage.pvc and spec.storage.pvc.name
+                else f"{owner.name}-pvc"
+            ),
+            render_pvc(owner, spec),
+        ),
+        ("apps/v1", "Deployment", owner.name, render_deployment(owner, spec, placement)),
+        ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
+        ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),
+        ("monitoring.coreos.com/v1", "ServiceMonitor", owner.name, render_service_monitor(owner, spec)),
+        ("networking.k8s.io/v1", "Ingress", owner.name, render_ingress(owner, spec)),
+    ]
+    return [Child(api, kind, name, body) for api, kind, name, body in rendered]

@@ -1,0 +1,213 @@
+"""The Deployment: the pod template is where placement, probes and security meet."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from nim_operator import constants as c
+from nim_operator.api.spec import NIMServiceSpec, ProbeSpec
+from nim_operator.placement import Placement
+from nim_operator.render.meta import Owner, child_labels, child_metadata, selector_labels
+
+MODEL_VOLUME = "model-store"
+SHM_VOLUME = "dshm"
+TMP_VOLUME = "tmp"
+
+
+def pvc_name(owner: Owner, spec: NIMServiceSpec) -> str | None:
+    """The claim mounted at /model-store, if the storage is a PVC or a NIMCache."""
+    storage = spec.storage
+    if storage is None:
+        return None
+    if storage.pvc is not None:
+        return storage.pvc.name or f"{owner.name}-pvc"
+    if storage.nim_cache is not None:
+        return f"{storage.nim_cache.name}-pvc"
+    return None
+
+
+def _model_volume(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+    storage = spec.storage
+    claim = pvc_name(owner, spec)
+    if claim is not None:
+        return {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+    if storage is not None and storage.host_path:
+        return {"name": MODEL_VOLUME, "hostPath": {"path": storage.host_path, "type": "DirectoryOrCreate"}}
+    size = storage.empty_dir.size_limit if storage and storage.empty_dir else None
+    return {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": size} if size else {}}
+
+
+def _env(spec: NIMServiceSpec, placement: Placement) -> list[dict[str, Any]]:
+    """Operator env first, then the user's; a user entry with the same name replaces ours."""
+    ours: list[dict[str, Any]] = [
+        {"name": c.ENV_CACHE_PATH, "value": c.MODEL_STORE},
+        {"name": c.ENV_SERVER_PORT, "value": str(spec.expose.service.port)},
+        {"name": c.ENV_JSONL_LOGGING, "value": "1"},
+    ]
+    if placement.profile is not None:
+        ours.append({"name": c.ENV_MODEL_PROFILE, "value": placement.profile.id})
+    if placement.served_model_name:
+        ours.append({"name": c.ENV_SERVED_MODEL_NAME, "value": placement.served_model_name})
+    if spec.model and spec.model.name:
+        ours.append({"name": c.ENV_MODEL_NAME, "value": spec.model.name})
+    if spec.model and spec.model.uri:
+        ours.append({"name": c.ENV_MODEL_PATH, "value": spec.model.uri})
+    if spec.auth_secret:
+        ours += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.auth_secret, "key": key, "optional": True}}}
+            for key in c.SECRET_KEYS
+        ]
+    user_names = {e.get("name") for e in spec.env}
+    return [e for e in ours if e["name"] not in user_names] + [copy.deepcopy(e) for e in spec.env]
+
+
+def _probe(setting: ProbeSpec | None, default: tuple[str, int, int, int, int]) -> dict[str, Any] | None:
+    if setting is not None and not setting.enabled:
+        return None
+    if setting is not None and setting.probe:
+        return copy.deepcopy(setting.probe)
+    path, delay, period, timeout, failures = default
+    return {
+        "httpGet": {"path": path, "port": c.API_PORT_NAME},
+        "initialDelaySeconds": delay,
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
+    """The user's resources, with the profile's GPUs where the user named none."""
+    resources = copy.deepcopy(spec.resources) if spec.resources else {}
+    if placement.gpus:
+        for section in ("limits", "requests"):
+            resources.setdefault(section, {})
+        user_gpus = resources["limits"].get(c.GPU_RESOURCE) or resources["requests"].get(c.GPU_RESOURCE)
+        gpus = str(user_gpus) if user_gpus is not None else str(placement.gpus)
+        # Extended resources must have requests == limits.
+        resources["limits"][c.GPU_RESOURCE] = gpus
+        resources["requests"][c.GPU_RESOURCE] = gpus
+    return resources
+
+
+def requests_gpus(resources: dict[str, Any]) -> bool:
+    return any(c.GPU_RESOURCE in (resources.get(s) or {}) for s in ("limits", "requests"))
+
+
+def _affinity(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any] | None:
+    """The user's affinity AND 'the node has one of the chosen GPU products'."""
+    affinity = copy.deepcopy(spec.affinity) if spec.affinity else {}
+    if not placement.gpu_products:
+        return affinity or None
+    expression = {"key": c.GPU_PRODUCT_LABEL, "operator": "In", "values": list(placement.gpu_products)}
+    node_affinity = affinity.setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    # Terms are ORed, expressions within a term ANDed: add ours to every term.
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(expression)
+    return affinity
+
+
+def _tolerations(spec: NIMServiceSpec, gpu_pod: bool) -> list[dict[str, Any]]:
+    tolerations = copy.deepcopy(spec.tolerations)
+    if gpu_pod and not any(t.get("key") == c.GPU_TAINT_KEY for t in tolerations):
+        tolerations.append({"key": c.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _volumes(owner: Owner, spec: NIMServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if spec.storage and spec.storage.shared_memory_size_limit:
+        shm["sizeLimit"] = spec.storage.shared_memory_size_limit
+    volumes = [_model_volume(owner, spec), {"name": SHM_VOLUME, "emptyDir": shm}, {"name": TMP_VOLUME, "emptyDir": {}}]
+    model_mount: dict[str, Any] = {"name": MODEL_VOLUME, "mountPath": c.MODEL_STORE}
+    if spec.storage and spec.storage.read_only:
+        model_mount["readOnly"] = True
+    if spec.storage and spec.storage.pvc and spec.storage.pvc.sub_path:
+        model_mount["subPath"] = spec.storage.pvc.sub_path
+    mounts = [model_mount, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    return volumes, mounts
+
+
+def _container(spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "nim",
+        "image": f"{spec.image.repository}:{spec.image.tag}",
+        "env": _env(spec, placement),
+        "ports": [{"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"}],
+        "resources": _resources(spec, placement),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.image.pull_policy:
+        container["imagePullPolicy"] = spec.image.pull_policy
+    if spec.command:
+        container["command"] = list(spec.command)
+    if spec.args:
+        container["args"] = list(spec.args)
+    probes = {
+        "livenessProbe": _probe(spec.liveness_probe, c.LIVENESS_PROBE),
+        "readinessProbe": _probe(spec.readiness_probe, c.READINESS_PROBE),
+        "startupProbe": _probe(spec.startup_probe, c.STARTUP_PROBE),
+    }
+    container.update({k: v for k, v in probes.items() if v is not None})
+    return container
+
+
+def render_deployment(owner: Owner, spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
+    volumes, mounts = _volumes(owner, spec)
+    container = _container(spec, placement, mounts)
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": spec.user_id,
+            "runAsGroup": spec.group_id,
+            "fsGroup": spec.group_id,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    tolerations = _tolerations(spec, requests_gpus(container["resources"]))
+    optional = {
+        "nodeSelector": dict(spec.node_selector) or None,
+        "tolerations": tolerations or None,
+        "affinity": _affinity(spec, placement),
+        "runtimeClassName": spec.runtime_class_name,
+        "priorityClassName": spec.priority_class_name,
+        "schedulerName": spec.scheduler_name,
+        "imagePullSecrets": [{"name": s} for s in spec.image.pull_secrets] or None,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner)},
+        # No surge: a rollout never needs a spare GPU node; one pod at a time is replaced.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "template": {
+            "metadata": {
+                "labels": child_labels(owner, spec.labels),
+                **({"annotations": dict(spec.annotations)} if spec.annotations else {}),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if not spec.autoscaling:
+        # Left out under autoscaling so that the HPA, not this field manager, owns the count.
+        deployment_spec["replicas"] = spec.desired_replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(owner, owner.name, spec.labels),
+        "spec": deployment_spec,
+    }

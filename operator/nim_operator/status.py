@@ -1,0 +1,122 @@
+"""Computing a NIMService's status from the decision and its Deployment. Pure.
+
+Conditions keep their ``lastTransitionTime`` unless their status flips, so recomputing the same
+world yields the same status, and the shell can skip the write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nim_operator.api.spec import Condition, ModelStatus, NIMServiceSpec, NIMServiceStatus, ProfileStatus
+from nim_operator.render.children import service_name
+from nim_operator.render.meta import Owner, selector_labels
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the NIMService cannot be reconciled until its spec or the cluster changes."""
+
+    reason: str
+    message: str
+
+
+def _condition(
+    previous: list[Condition], type_: str, ok: bool, reason: str, message: str, generation: int, now: str
+) -> Condition:
+    status = "True" if ok else "False"
+    before = next((c for c in previous if c.type == type_), None)
+    since = before.last_transition_time if before is not None and before.status == status else now
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=since,
+    )
+
+
+def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> tuple[bool, str, str, int, int]:
+    """(ready, reason, message, available, current replicas) from the Deployment's status."""
+    if deployment is None:
+        return False, "DeploymentMissing", "the Deployment does not exist yet", 0, 0
+    status = deployment.get("status") or {}
+    available = int(status.get("availableReplicas") or 0)
+    replicas = int(status.get("replicas") or 0)
+    wanted = deployment.get("spec", {}).get("replicas")
+    wanted = spec.desired_replicas if wanted is None else int(wanted)
+    current = status.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
+    if wanted == 0:
+        return False, "ScaledToZero", "replicas is 0", available, replicas
+    updated = int(status.get("updatedReplicas") or 0)
+    if current and available >= wanted and updated >= wanted:
+        return True, "AllReplicasReady", f"{available}/{wanted} replicas available", available, replicas
+    return False, "ReplicasNotReady", f"{available}/{wanted} replicas available", available, replicas
+
+
+def compute_status(
+    *,
+    owner: Owner,
+    spec: NIMServiceSpec | None,
+    generation: int,
+    previous: NIMServiceStatus | None,
+    profile: ProfileStatus | None,
+    served_model_name: str | None,
+    failure: Failure | None,
+    deployment: dict[str, Any] | None,
+    now: str,
+) -> NIMServiceStatus:
+    before = previous.conditions if previous else []
+    if failure is not None:
+        conditions = [
+            _condition(before, "Ready", False, failure.reason, failure.message, generation, now),
+            _condition(before, "Failed", True, failure.reason, failure.message, generation, now),
+            _condition(
+                before,
+                "ProfileSelected",
+                profile is not None and profile.id is not None,
+                failure.reason,
+                failure.message,
+                generation,
+                now,
+            ),
+        ]
+        return NIMServiceStatus(
+            state="Failed",
+            conditions=conditions,
+            observed_generation=generation,
+            selector=",".join(f"{k}={v}" for k, v in selector_labels(owner).items()),
+            profile=profile,
+            available_replicas=previous.available_replicas if previous else 0,
+            replicas=previous.replicas if previous else 0,
+        )
+    if spec is None:
+        raise ValueError("a status without failure needs the spec")
+    ready, reason, message, available, replicas = _readiness(spec, deployment)
+    if profile is not None and profile.id:
+        selected = _condition(before, "ProfileSelected", True, "ProfileSelected", profile.reason, generation, now)
+    else:
+        reason_text = profile.reason if profile else "the runtime selects its profile"
+        selected = _condition(before, "ProfileSelected", True, "RuntimeSelects", reason_text, generation, now)
+    conditions = [
+        _condition(before, "Ready", ready, reason, message, generation, now),
+        _condition(before, "Failed", False, "Reconciled", "", generation, now),
+        selected,
+    ]
+    state = "Ready" if ready else ("Pending" if available == 0 else "NotReady")
+    port = spec.expose.service.port
+    return NIMServiceStatus(
+        state=state,
+        conditions=conditions,
+        observed_generation=generation,
+        available_replicas=available,
+        replicas=replicas,
+        selector=",".join(f"{k}={v}" for k, v in selector_labels(owner).items()),
+        model=ModelStatus(
+            name=served_model_name,
+            cluster_endpoint=f"{service_name(owner, spec)}.{owner.namespace}.svc.cluster.local:{port}",
+        ),
+        profile=profile,
+    )
