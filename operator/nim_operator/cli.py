@@ -18,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.PLAIN)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--standalone", action="store_true", help="no peering: act even if another operator runs")
     run.add_argument("--peering", default=None, help="kopf peering object name (leader election)")
     run.add_argument("--liveness", default=None, help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--verbose", action="store_true", help="log at debug level")
+    run.add_argument("--json-logs", action="store_true", help="log JSON lines")
     run.set_defaults(func=_run)
 
     plan = commands.add_parser("plan", help="print the profile decision for NIMService manifests")

@@ -1,0 +1,80 @@
+# Two commands matter: `make demo` and `make test`. Everything else is what they are made of.
+# `make setup` installs from nothing: uv (into a per-user cache), the locked Python environment,
+# the control-plane binaries (built from Go modules, cached per version) and the embedded models.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nim-operator
+UV := $(CACHE_HOME)/uv-$(UV_VERSION)/bin/uv
+PY := .venv/bin/python
+EXTRAS := --extra operator --extra runtime --extra cpu --extra embedded
+KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
+PYTEST_ARGS ?=
+
+.PHONY: help setup env cluster-bin models lint fmt crds test test-unit test-cluster test-runtime \
+        cluster-up cluster-down demo bench-runtime bench-operator clean
+
+help:
+	@echo "make demo    run the operator on the local cluster and chat with the embedded model"
+	@echo "make test    install everything, lint, run every test"
+	@echo "other: setup lint fmt crds cluster-up cluster-down test-unit test-cluster test-runtime bench-runtime bench-operator"
+
+$(UV):
+	python3 -m venv "$(CACHE_HOME)/uv-$(UV_VERSION)"
+	"$(CACHE_HOME)/uv-$(UV_VERSION)/bin/pip" install --quiet "uv==$(UV_VERSION)"
+
+# The stamp depends on the lock, so an edited lock re-syncs and an unchanged one costs nothing.
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked $(EXTRAS)
+	touch $@
+
+env: .venv/.synced
+
+cluster-bin: env
+	tests/cluster/build.sh
+
+models: env
+	$(PY) -m nim_runtime prepare
+
+setup: env cluster-bin models
+
+lint: env
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+fmt: env
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+crds: env
+	.venv/bin/nim-operator crd -o crds/apps.nimoperator.dev_nimservices.yaml
+	cp crds/apps.nimoperator.dev_nimservices.yaml charts/nim-operator/crds/ 2>/dev/null || true
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: env
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-cluster: env cluster-bin
+	$(PY) -m pytest tests/cluster tests/operator $(PYTEST_ARGS)
+
+test-runtime: env models
+	$(PY) -m pytest tests/runtime $(PYTEST_ARGS)
+
+cluster-up: env cluster-bin
+	tests/cluster/up.sh
+	@echo "export KUBECONFIG=$(CURDIR)/$(KUBECONFIG_LOCAL)"
+
+cluster-down:
+	tests/cluster/down.sh
+
+demo: setup
+	examples/demo.sh
+
+clean: cluster-down
+	rm -rf .venv .cache
