@@ -44,6 +44,7 @@ def find_manifest_for_image(repository: str) -> ModelManifest | None:
     Matches on the last path segments so registry mirrors still resolve:
     ``mirror.local/nim/meta/llama-3.1-8b-instruct`` finds ``nvcr.io/nim/meta/llama-3.1-8b-instruct``.
     """
+
     def tail(repo: str) -> str:
         return "/".join(repo.casefold().split("/")[-2:])
 

@@ -239,7 +239,10 @@ def local_gpu_facts(name: str = "local") -> NodeGpuFacts:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return NodeGpuFacts(name=name)
