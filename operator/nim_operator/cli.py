@@ -18,6 +18,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.metrics_port:
+        from nim_operator.metrics import serve_metrics
+
+        serve_metrics(args.metrics_port)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.PLAIN)
     kopf.run(
         clusterwide=not args.namespace,
@@ -91,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--standalone", action="store_true", help="no peering: act even if another operator runs")
     run.add_argument("--peering", default=None, help="kopf peering object name (leader election)")
     run.add_argument("--liveness", default=None, help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port")
     run.add_argument("--verbose", action="store_true", help="log at debug level")
     run.add_argument("--json-logs", action="store_true", help="log JSON lines")
     run.set_defaults(func=_run)

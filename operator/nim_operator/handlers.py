@@ -14,6 +14,7 @@ from typing import Any, cast
 import kopf
 
 from nim_operator import constants as c
+from nim_operator import metrics
 from nim_operator.kube import Kube, api_client
 from nim_operator.placement import node_facts
 from nim_operator.reconciler import Reconciler
@@ -57,6 +58,7 @@ def track(body: kopf.Body, type: str | None, **_: Any) -> None:
     key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
         _services.pop(key, None)
+        metrics.STATES.set(key[0], key[1], None)
     else:
         _services[key] = dict(body)
 

@@ -16,6 +16,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from nim_operator import constants as c
+from nim_operator import metrics
 
 HASH_ANNOTATION = "nimoperator.dev/desired-hash"
 ABSENT = ("absent", 0)
@@ -72,6 +73,7 @@ class Kube:
             "metadata": {**meta, "annotations": {**meta.get("annotations", {}), HASH_ANNOTATION: digest}},
         }
         resource = self._resource(body["apiVersion"], body["kind"])
+        metrics.API_WRITES.labels(body["kind"], "apply").inc()
         live = resource.server_side_apply(
             body=stamped,
             name=meta["name"],
@@ -125,6 +127,7 @@ class Kube:
         if live is not None:
             refs = live.get("metadata", {}).get("ownerReferences") or []
             if any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+                metrics.API_WRITES.labels(kind, "delete").inc()
                 self._resource(api_version, kind).delete(name=name, namespace=namespace)
                 deleted = True
         with self._lock:
@@ -146,6 +149,7 @@ class Kube:
         return data
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        metrics.API_WRITES.labels(c.KIND, "status").inc()
         client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status}
         )

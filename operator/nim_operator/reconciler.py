@@ -16,6 +16,7 @@ from typing import Any
 from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
 from pydantic import ValidationError
 
+from nim_operator import metrics
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.kube import Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
@@ -93,8 +94,17 @@ class Reconciler:
 
     def reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None = None) -> Outcome:
         meta = body["metadata"]
-        with self._lock((meta["namespace"], meta["name"])):
-            return self._reconcile(body, deployment)
+        with self._lock((meta["namespace"], meta["name"])), metrics.RECONCILE_SECONDS.time():
+            try:
+                outcome = self._reconcile(body, deployment)
+            except Exception:
+                metrics.RECONCILES.labels("error").inc()
+                raise
+        failed = outcome.status.state == "Failed"
+        result = "failed" if failed else ("applied" if outcome.applied or outcome.deleted else "noop")
+        metrics.RECONCILES.labels(result).inc()
+        metrics.STATES.set(meta["namespace"], meta["name"], outcome.status.state)
+        return outcome
 
     def _reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None) -> Outcome:
         meta = body["metadata"]
