@@ -29,6 +29,8 @@ def _run(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         peering_name=args.peering,
         liveness_endpoint=args.liveness,
+        # Handlers read the watched namespaces from the memo to scope their own LISTs.
+        memo=kopf.Memo(namespaces=list(args.namespace or ())),
     )
     return 0
 

@@ -21,6 +21,16 @@ from nim_operator.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
+CHILD_KINDS = [
+    ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("networking.k8s.io/v1", "Ingress"),
+]
+
 # NIMService bodies by (namespace, name), kept current by their watch, for child- and node-triggered runs.
 _services: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -45,6 +55,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         facts = node_facts(node)
         if facts is not None:
             reconciler.nodes[facts.name] = facts
+    learned = kube.warm(CHILD_KINDS, memo.get("namespaces") or None)
+    log.info("learned %d existing children; watching %d nodes", learned, len(reconciler.nodes))
     memo["reconciler"] = reconciler
 
 

@@ -13,13 +13,25 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
 from nim_operator import constants as c
 from nim_operator import metrics
 
 HASH_ANNOTATION = "nimoperator.dev/desired-hash"
 ABSENT = ("absent", 0)
+
+
+class ChildRejected(Exception):
+    """The API server refused a child as invalid (or does not know its kind): the spec must change."""
+
+
+def _rejection(kind: str, name: str, err: DynamicApiError) -> ChildRejected:
+    try:
+        message = json.loads(err.body or "{}").get("message", "")
+    except (TypeError, ValueError):
+        message = str(err.summary())
+    return ChildRejected(f"{kind} {name} was rejected by the API server: {message}")
 
 
 def desired_hash(body: dict[str, Any]) -> str:
@@ -60,30 +72,50 @@ class Kube:
             return False
         return True
 
-    def apply(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Server-side apply unless the same body was applied before; returns the live object if applied."""
+    def needs_apply(self, body: dict[str, Any]) -> bool:
+        """Whether this desired body differs from the last one applied (or seen applied)."""
+        meta = body["metadata"]
+        key = (body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+        with self._lock:
+            return self._applied.get(key, ("", 0))[0] != desired_hash(body)
+
+    def apply(self, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply with our field manager; returns the live (or would-be) object.
+
+        Raises :class:`ChildRejected` when the server finds the object invalid or its kind unknown.
+        """
         meta = body["metadata"]
         key = (body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
         digest = desired_hash(body)
-        with self._lock:
-            if self._applied.get(key, ("", 0))[0] == digest:
-                return None
         stamped = {
             **body,
             "metadata": {**meta, "annotations": {**meta.get("annotations", {}), HASH_ANNOTATION: digest}},
         }
-        resource = self._resource(body["apiVersion"], body["kind"])
-        metrics.API_WRITES.labels(body["kind"], "apply").inc()
-        live = resource.server_side_apply(
-            body=stamped,
-            name=meta["name"],
-            namespace=meta["namespace"],
-            field_manager=c.FIELD_MANAGER,
-            force_conflicts=True,
-        )
+        try:
+            resource = self._resource(body["apiVersion"], body["kind"])
+        except ResourceNotFoundError as err:
+            raise ChildRejected(
+                f"the cluster does not serve {body['kind']} ({body['apiVersion']}): install its CRDs or turn the "
+                "feature off"
+            ) from err
+        metrics.API_WRITES.labels(body["kind"], "dry-run" if dry_run else "apply").inc()
+        try:
+            live = resource.server_side_apply(
+                body=stamped,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                field_manager=c.FIELD_MANAGER,
+                force_conflicts=True,
+                dry_run="All" if dry_run else None,
+            )
+        except DynamicApiError as err:
+            if err.status in (400, 422):
+                raise _rejection(body["kind"], meta["name"], err) from err
+            raise
         result: dict[str, Any] = live.to_dict()
-        with self._lock:
-            self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
+        if not dry_run:
+            with self._lock:
+                self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
         return result
 
     def forget(self, api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -133,6 +165,32 @@ class Kube:
         with self._lock:
             self._applied[key] = ABSENT
         return deleted
+
+    def warm(self, kinds: list[tuple[str, str]], namespaces: list[str] | None) -> int:
+        """Learn what was applied before a restart: one LIST per kind (and namespace) of our children.
+
+        Without it, the first reconcile after a restart would re-apply every child of every service.
+        Kinds the cluster does not serve, or that we may not list, are skipped: they are applied once.
+        """
+        selector = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
+        learned = 0
+        for api_version, kind in kinds:
+            try:
+                resource = self._resource(api_version, kind)
+            except ResourceNotFoundError:
+                continue
+            scopes: list[str | None] = list(namespaces) if namespaces else [None]
+            for namespace in scopes:
+                try:
+                    items = resource.get(namespace=namespace, label_selector=selector).to_dict()["items"]
+                except DynamicApiError:
+                    continue
+                for item in items:
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                    self.observe(item)
+                    learned += 1
+        return learned
 
     def list_nodes(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.api.sanitize_for_serialization(self.core.list_node().items)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from nim_operator import metrics
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
-from nim_operator.kube import Kube
+from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
 from nim_operator.render import Owner, render_children
 from nim_operator.status import Failure, compute_status
@@ -149,18 +149,29 @@ class Reconciler:
                 decision = decide(spec, manifest, list(self.nodes.values()), previous=sticky)
             except ProfileError as err:
                 failed = ProfileStatus(reason=str(err), rejected=[Rejected(id=r.id, why=r.why) for r in err.rejected])
-                return self._fail(body, owner, spec, generation, previous, failed, Failure("NoProfileFits", str(err)))
+                reason = (
+                    "UnknownProfile" if spec.profile and manifest.profile(spec.profile) is None else "NoProfileFits"
+                )
+                message = f"spec.profile: {err}" if reason == "UnknownProfile" else str(err)
+                return self._fail(body, owner, spec, generation, previous, failed, Failure(reason, message))
             pstatus = profile_status(decision)
 
         placement = placement_of(spec, manifest, decision)
+        children = render_children(owner, spec, placement)
+        changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
+        # Validate every changed child before writing any, so an invalid spec changes nothing.
+        try:
+            for body_ in changed:
+                self.kube.apply(body_, dry_run=True)
+        except ChildRejected as err:
+            return self._fail(body, owner, spec, generation, previous, pstatus, Failure("InvalidSpec", str(err)))
         outcome = Outcome(status=NIMServiceStatus())
-        for child in render_children(owner, spec, placement):
+        for child in children:
             if child.body is None:
                 if self.kube.delete_owned(child.api_version, child.kind, owner.namespace, child.name, owner.uid):
                     outcome.deleted.append(f"{child.kind}/{child.name}")
-                continue
-            live = self.kube.apply(child.body)
-            if live is not None:
+            elif any(child.body is b for b in changed):
+                live = self.kube.apply(child.body)
                 outcome.applied.append(f"{child.kind}/{child.name}")
                 if child.kind == "Deployment":
                     deployment = live

@@ -46,8 +46,10 @@ def install_crd(api: client.ApiClient) -> None:
         body["metadata"]["resourceVersion"] = current.metadata.resource_version
         ext.replace_custom_resource_definition(body["metadata"]["name"], body)
     wait_for(
-        lambda: any(c.type == "Established" and c.status == "True"
-                    for c in (ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or [])),
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in (ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or [])
+        ),
         what="the NIMService CRD to be established",
     )
 
@@ -66,9 +68,20 @@ def operator_process(crd: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
     with log.open("w") as out:
         port = _free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nim_operator", "run", "--standalone", "--verbose",
-             "--liveness", f"http://127.0.0.1:{port}/healthz"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "nim_operator",
+                "run",
+                "--standalone",
+                "--verbose",
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
         )
     try:
         wait_for(lambda: proc.poll() is not None or _healthy(port), timeout=60, what="the operator's liveness endpoint")
@@ -109,32 +122,41 @@ class NIM:
         self.core = client.CoreV1Api(api)
 
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": "apps.nimoperator.dev/v1alpha1", "kind": "NIMService",
-                "metadata": {"name": name}, "spec": spec}
+        body = {
+            "apiVersion": "apps.nimoperator.dev/v1alpha1",
+            "kind": "NIMService",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", body)
+            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", body
+        )
         return result
 
     def get(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name)
+            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name
+        )
         return result
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
-            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name, patch)
+            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name, patch
+        )
 
     def delete(self, name: str) -> None:
         self.custom.delete_namespaced_custom_object(
-            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name)
+            "apps.nimoperator.dev", "v1alpha1", self.namespace, "nimservices", name
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         status: dict[str, Any] = self.get(name).get("status") or {}
         return status
 
     def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("state") == state and s,
-                        timeout=timeout, what=f"{name} to be {state}")
+        return wait_for(
+            lambda: (s := self.status(name)).get("state") == state and s, timeout=timeout, what=f"{name} to be {state}"
+        )
 
     def deployment(self, name: str) -> client.V1Deployment | None:
         try:

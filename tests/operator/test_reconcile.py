@@ -81,8 +81,10 @@ def test_no_fitting_profile_fails_with_reasons_and_creates_nothing(nim: NIM) -> 
 
 
 def test_unknown_image_is_deployed_as_specified(nim: NIM) -> None:
-    spec = {"image": {"repository": "nvcr.io/nim/acme/secret-model", "tag": "1"},
-            "resources": {"limits": {"nvidia.com/gpu": 2}}}
+    spec = {
+        "image": {"repository": "nvcr.io/nim/acme/secret-model", "tag": "1"},
+        "resources": {"limits": {"nvidia.com/gpu": 2}},
+    }
     nim.create("acme", spec)
     status = nim.wait_state("acme", "Ready")
     assert "no manifest is known" in status["profile"]["reason"]
@@ -97,8 +99,10 @@ def test_unknown_image_is_deployed_as_specified(nim: NIM) -> None:
 
 def test_admission_rejects_invalid_combinations(nim: NIM) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({**LLAMA_8B, "replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
-         "spec.replicas cannot be set while spec.scale.enabled"),
+        (
+            {**LLAMA_8B, "replicas": 2, "scale": {"enabled": True, "hpa": {"maxReplicas": 3}}},
+            "spec.replicas cannot be set while spec.scale.enabled",
+        ),
         ({**LLAMA_8B, "storage": {"pvc": {"name": "a"}, "hostPath": "/models"}}, "spec.storage takes one source"),
         ({**LLAMA_8B, "expose": {"service": {"port": 70000}}}, "should be less than or equal to 65535"),
         ({**LLAMA_8B, "replicas": -1}, "should be greater than or equal to 0"),
@@ -155,8 +159,10 @@ def test_child_deleted_by_hand_is_restored_and_owner_delete_collects(nim: NIM) -
     first = nim.deployment("phoenix")
     assert first is not None
     nim.apps.delete_namespaced_deployment("phoenix", nim.namespace)
-    restored = wait_for(lambda: (d := nim.deployment("phoenix")) is not None and d.metadata.uid != first.metadata.uid
-                        and d, what="the Deployment to be recreated")
+    restored = wait_for(
+        lambda: (d := nim.deployment("phoenix")) is not None and d.metadata.uid != first.metadata.uid and d,
+        what="the Deployment to be recreated",
+    )
     assert restored.metadata.owner_references[0].kind == "NIMService"
     nim.wait_state("phoenix", "Ready")
     nim.delete("phoenix")
@@ -167,11 +173,14 @@ def test_scale_subresource_drives_replicas(nim: NIM) -> None:
     nim.create("scaled", SMOL)
     nim.wait_state("scaled", "Ready")
     nim.custom.patch_namespaced_custom_object_scale(
-        "apps.nimoperator.dev", "v1alpha1", nim.namespace, "nimservices", "scaled", {"spec": {"replicas": 3}})
-    status = wait_for(lambda: (s := nim.status("scaled")).get("availableReplicas") == 3 and s,
-                      what="three available replicas")
+        "apps.nimoperator.dev", "v1alpha1", nim.namespace, "nimservices", "scaled", {"spec": {"replicas": 3}}
+    )
+    status = wait_for(
+        lambda: (s := nim.status("scaled")).get("availableReplicas") == 3 and s, what="three available replicas"
+    )
     assert status["replicas"] == 3
     scale = nim.custom.get_namespaced_custom_object_scale(
-        "apps.nimoperator.dev", "v1alpha1", nim.namespace, "nimservices", "scaled")
+        "apps.nimoperator.dev", "v1alpha1", nim.namespace, "nimservices", "scaled"
+    )
     assert scale["status"]["replicas"] == 3
     assert "app.kubernetes.io/name=scaled" in scale["status"]["selector"]
