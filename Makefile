@@ -78,3 +78,9 @@ demo: setup
 
 clean: cluster-down
 	rm -rf .venv .cache
+
+bench-operator: env cluster-bin
+	$(PY) bench/operator_scale.py
+
+bench-runtime: env models
+	$(PY) bench/runtime_overhead.py

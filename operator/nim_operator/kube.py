@@ -142,6 +142,7 @@ class Kube:
                 del self._applied[key]
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        metrics.API_READS.labels(kind).inc()
         try:
             obj: dict[str, Any] = self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
         except (NotFoundError, ResourceNotFoundError):
@@ -181,6 +182,7 @@ class Kube:
                 continue
             scopes: list[str | None] = list(namespaces) if namespaces else [None]
             for namespace in scopes:
+                metrics.API_READS.labels(kind).inc()
                 try:
                     items = resource.get(namespace=namespace, label_selector=selector).to_dict()["items"]
                 except DynamicApiError:
@@ -193,10 +195,12 @@ class Kube:
         return learned
 
     def list_nodes(self) -> list[dict[str, Any]]:
+        metrics.API_READS.labels("Node").inc()
         items: list[dict[str, Any]] = self.api.sanitize_for_serialization(self.core.list_node().items)
         return items
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        metrics.API_READS.labels("ConfigMap").inc()
         try:
             cm = self.core.read_namespaced_config_map(name, namespace)
         except client.ApiException as err:

@@ -23,6 +23,8 @@ API_WRITES = Counter(
     "nim_operator_api_writes_total", "Writes the operator sent to the API server, by kind and verb.", ["kind", "verb"]
 )
 
+API_READS = Counter("nim_operator_api_reads_total", "Reads the operator sent to the API server, by kind.", ["kind"])
+
 
 class StateCollector(Collector):
     """``nim_operator_nimservices{state=...}``, computed at scrape time from the last known states."""
