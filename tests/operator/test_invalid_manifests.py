@@ -43,6 +43,7 @@ REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str]] = [
     ("empty-model", {**OK, "model": {}}, "spec.model needs name"),
     ("root-user", {**OK, "userID": 0}, "spec.userID"),
     ("bad-pull-policy", {**OK, "image": {**IMAGE, "pullPolicy": "Sometimes"}}, "spec.image.pullPolicy"),
+    ("bad-quantity", {**OK, "resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits"),
     ("metrics-enabled-not-bool", {**OK, "metrics": {"enabled": "yes"}}, "spec.metrics.enabled"),
 ]
 
@@ -55,9 +56,8 @@ FAILED_BY_OPERATOR: list[tuple[str, dict[str, Any], str, str]] = [
         "NoProfileFits",
         "profileSelector.tensorParallelism is 16",
     ),
-    ("bad-quantity", {**OK, "resources": {"limits": {"memory": "lots"}}}, "InvalidSpec", "memory"),
     ("bad-label", {**OK, "labels": {"not a key!": "x"}}, "InvalidSpec", "not a key!"),
-    ("env-without-name", {**OK, "env": [{"value": "x"}]}, "InvalidSpec", "env[0].name"),
+    ("env-without-name", {**OK, "env": [{"value": "x"}]}, "InvalidSpec", "name: Required value"),
     ("missing-manifest-configmap", {**OK, "modelManifest": "nope"}, "InvalidManifest", "ConfigMap"),
     ("servicemonitor-without-crd", {**OK, "metrics": {"enabled": True}}, "InvalidSpec", "ServiceMonitor"),
 ]

@@ -87,7 +87,10 @@ def test_default_probes_and_overrides() -> None:
     container = _pod(render_deployment(OWNER, spec, _placed(spec)))["containers"][0]
     assert container["livenessProbe"] == {
         "httpGet": {"path": "/v1/health/live", "port": "api"},
-        "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3,
+        "initialDelaySeconds": 15,
+        "periodSeconds": 10,
+        "timeoutSeconds": 1,
+        "failureThreshold": 3,
     }
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
     assert container["startupProbe"]["failureThreshold"] == 120
@@ -100,8 +103,9 @@ def test_default_probes_and_overrides() -> None:
 
 
 def test_pod_security_and_volumes() -> None:
-    spec = _spec(userID=1234, groupID=5678, storage={"pvc": {"name": "models"}, "sharedMemorySizeLimit": "8Gi"},
-                 authSecret="ngc")
+    spec = _spec(
+        userID=1234, groupID=5678, storage={"pvc": {"name": "models"}, "sharedMemorySizeLimit": "8Gi"}, authSecret="ngc"
+    )
     deployment = render_deployment(OWNER, spec, _placed(spec))
     pod = _pod(deployment)
     assert pod["securityContext"]["runAsUser"] == 1234
@@ -156,8 +160,15 @@ def test_disabled_features_render_as_deletions() -> None:
 
 
 def test_every_child_is_owned_and_labelled() -> None:
-    spec = _spec(metrics={"enabled": True}, expose={"ingress": {"enabled": True, "spec": {"rules": [
-        {"host": "llm.example", "http": {"paths": [{"path": "/"}]}}]}}})
+    spec = _spec(
+        metrics={"enabled": True},
+        expose={
+            "ingress": {
+                "enabled": True,
+                "spec": {"rules": [{"host": "llm.example", "http": {"paths": [{"path": "/"}]}}]},
+            }
+        },
+    )
     for child in render_children(OWNER, spec, _placed(spec)):
         if child.body is None:
             continue
@@ -174,10 +185,16 @@ def test_every_child_is_owned_and_labelled() -> None:
 @pytest.mark.parametrize(
     ("node", "expected"),
     [
-        ({"metadata": {"name": "n", "labels": {c.GPU_PRODUCT_LABEL: "NVIDIA-L40S", c.GPU_MEMORY_LABEL: "46068",
-                                                 c.GPU_COUNT_LABEL: "4"}},
-          "status": {"allocatable": {c.GPU_RESOURCE: "3"}}},
-         NodeGpuFacts("n", "NVIDIA-L40S", 3, 46068)),
+        (
+            {
+                "metadata": {
+                    "name": "n",
+                    "labels": {c.GPU_PRODUCT_LABEL: "NVIDIA-L40S", c.GPU_MEMORY_LABEL: "46068", c.GPU_COUNT_LABEL: "4"},
+                },
+                "status": {"allocatable": {c.GPU_RESOURCE: "3"}},
+            },
+            NodeGpuFacts("n", "NVIDIA-L40S", 3, 46068),
+        ),
         ({"metadata": {"name": "n", "labels": {c.GPU_COUNT_LABEL: "2"}}, "status": {}}, NodeGpuFacts("n", None, 2)),
         ({"metadata": {"name": "n"}, "spec": {"unschedulable": True}}, None),
     ],

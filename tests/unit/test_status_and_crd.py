@@ -19,14 +19,22 @@ def _deployment(available: int, generation: int = 3, observed: int = 3) -> dict[
     return {
         "metadata": {"generation": generation},
         "spec": {"replicas": 2},
-        "status": {"observedGeneration": observed, "availableReplicas": available, "replicas": 2,
-                   "updatedReplicas": 2},
+        "status": {"observedGeneration": observed, "availableReplicas": available, "replicas": 2, "updatedReplicas": 2},
     }
 
 
 def _status(deployment: dict[str, Any] | None, now: str = "t1", previous: Any = None) -> Any:
-    return compute_status(owner=OWNER, spec=SPEC, generation=5, previous=previous, profile=None,
-                          served_model_name="m", failure=None, deployment=deployment, now=now)
+    return compute_status(
+        owner=OWNER,
+        spec=SPEC,
+        generation=5,
+        previous=previous,
+        profile=None,
+        served_model_name="m",
+        failure=None,
+        deployment=deployment,
+        now=now,
+    )
 
 
 def test_ready_only_when_all_replicas_available() -> None:
@@ -34,7 +42,11 @@ def test_ready_only_when_all_replicas_available() -> None:
     assert _status(_deployment(1)).state == "NotReady"
     ready = _status(_deployment(2))
     assert ready.state == "Ready"
-    assert {c.type: c.status for c in ready.conditions} == {"Ready": "True", "Failed": "False", "ProfileSelected": "True"}
+    assert {c.type: c.status for c in ready.conditions} == {
+        "Ready": "True",
+        "Failed": "False",
+        "ProfileSelected": "True",
+    }
     assert all(c.observed_generation == 5 for c in ready.conditions)
     assert ready.model is not None
     assert ready.model.cluster_endpoint == "svc.ns.svc.cluster.local:8000"
@@ -51,9 +63,17 @@ def test_recomputing_the_same_world_is_equal_so_no_write_happens() -> None:
 
 
 def test_failure_state_and_reason() -> None:
-    failed = compute_status(owner=OWNER, spec=SPEC, generation=1, previous=None, profile=None,
-                            served_model_name=None, failure=Failure("NoProfileFits", "no profile fits"),
-                            deployment=None, now="t")
+    failed = compute_status(
+        owner=OWNER,
+        spec=SPEC,
+        generation=1,
+        previous=None,
+        profile=None,
+        served_model_name=None,
+        failure=Failure("NoProfileFits", "no profile fits"),
+        deployment=None,
+        now="t",
+    )
     assert failed.state == "Failed"
     cond = next(c for c in failed.conditions if c.type == "Failed")
     assert (cond.status, cond.reason, cond.message) == ("True", "NoProfileFits", "no profile fits")
@@ -66,13 +86,22 @@ def test_checked_in_crd_is_current() -> None:
 
 def test_crd_schema_is_structural() -> None:
     text = render_crd_yaml()
-    for forbidden in ("$ref", "anyOf", "$defs", "title:"):
+    for forbidden in ("$ref", "anyOf", "$defs", "title:", "const:"):
         assert forbidden not in text
     version = build_crd()["spec"]["versions"][0]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert "replicas" not in spec.get("required", [])
     assert spec["properties"]["expose"]["properties"]["service"]["properties"]["port"]["maximum"] == 65535
     assert "userID" in spec["properties"]
-    assert spec["properties"]["resources"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
+    limits = spec["properties"]["resources"]["properties"]["limits"]
+    assert limits["additionalProperties"]["x-kubernetes-int-or-string"] is True
+    assert "isQuantity" in limits["x-kubernetes-validations"][0]["rule"]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
-    assert [col["name"] for col in version["additionalPrinterColumns"]] == ["State", "Profile", "GPUs", "Replicas", "Age"]
+    assert [col["name"] for col in version["additionalPrinterColumns"]] == [
+        "State",
+        "Profile",
+        "GPUs",
+        "Replicas",
+        "Age",
+    ]

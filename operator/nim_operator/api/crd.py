@@ -30,9 +30,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if "anyOf" in node:
         # Optional[X] arrives as anyOf [X, {type: null}]: a missing field says the same thing.
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
+            return _structural({**rest, "x-kubernetes-int-or-string": True}, defs)
         if len(options) != 1:
             raise ValueError(f"cannot express a union of {len(options)} types in a structural schema: {node}")
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
         return _structural({**options[0], **rest}, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -46,6 +48,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         elif key == "enum" and node.get("type") is None:
             out[key] = value
             out["type"] = "string"
+        elif key == "const":
+            # A one-value Literal: OpenAPI v3 in Kubernetes knows enum, not const.
+            out["enum"] = [value]
         else:
             out[key] = _structural(value, defs)
     if out.get("x-kubernetes-preserve-unknown-fields"):

@@ -1,7 +1,7 @@
 """The NIMService API as typed models: the one source of truth for the CRD schema.
 
 Field names follow NVIDIA's NIM operator so its manifests work after changing ``apiVersion``.
-Kubernetes objects we only pass through (resources, affinity, probes ...) stay free-form here and are
+Kubernetes objects we only pass through (affinity, tolerations, probes ...) stay free-form here and are
 validated by the API server where they land, in the Deployment.
 """
 
@@ -35,6 +35,35 @@ class Image(_Model):
         default=None, description="Image pull policy."
     )
     pull_secrets: list[str] = Field(default_factory=list, description="Names of image pull Secrets.")
+
+
+_QUANTITIES = "self.all(k, type(self[k]) == int || isQuantity(self[k]))"
+
+
+def _quantities(description: str) -> Any:
+    """A map of resource name to quantity (``2``, ``"500m"``, ``"64Gi"``), checked at admission."""
+    return Field(
+        default=None,
+        description=description,
+        json_schema_extra={
+            # Bounds keep the CEL rule's estimated cost inside the API server's budget.
+            "maxProperties": 16,
+            "additionalProperties": {"x-kubernetes-int-or-string": True, "maxLength": 64},
+            "x-kubernetes-validations": [
+                {"rule": _QUANTITIES, "message": "every value must be a quantity such as 2, 500m or 64Gi"}
+            ],
+        },
+    )
+
+
+class Resources(_Model):
+    limits: dict[str, int | str] | None = _quantities("Limits by resource name.")
+    requests: dict[str, int | str] | None = _quantities("Requests by resource name.")
+    claims: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Dynamic resource claims (core/v1 ResourceClaim references).",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
 
 
 class NIMCacheRef(_Model):
@@ -196,8 +225,8 @@ class NIMServiceSpec(_Model):
     )
     command: list[str] = Field(default_factory=list, description="Container command override.")
     args: list[str] = Field(default_factory=list, description="Container args override.")
-    resources: dict[str, Any] | None = _k8s_object(
-        "core/v1 ResourceRequirements; nvidia.com/gpu defaults to the profile's."
+    resources: Resources | None = Field(
+        default=None, description="Container resources; nvidia.com/gpu defaults to the profile's."
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels for the pods and children.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations for the pods.")

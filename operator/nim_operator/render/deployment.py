@@ -79,7 +79,7 @@ def _probe(setting: ProbeSpec | None, default: tuple[str, int, int, int, int]) -
 
 def _resources(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
     """The user's resources, with the profile's GPUs where the user named none."""
-    resources = copy.deepcopy(spec.resources) if spec.resources else {}
+    resources = spec.resources.model_dump(exclude_none=True) if spec.resources else {}
     if placement.gpus:
         for section in ("limits", "requests"):
             resources.setdefault(section, {})
