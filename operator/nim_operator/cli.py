@@ -37,12 +37,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """Show the decision the operator would make, without applying anything."""
-    from nim_runtime.profiles import ProfileError
     from pydantic import ValidationError
 
     from nim_operator.api.spec import NIMServiceSpec
     from nim_operator.kube import Kube, api_client
     from nim_operator.placement import decide, manifest_for, node_facts
+    from nim_runtime.profiles import ProfileError
 
     with open(args.file) if args.file != "-" else sys.stdin as stream:
         docs = [d for d in yaml.safe_load_all(stream) if d]

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nim_operator import constants as c
+from nim_operator.api.spec import NIMServiceSpec, ProfileStatus, Rejected
 from nim_runtime.profiles import (
     ModelManifest,
     NodeGpuFacts,
@@ -16,9 +18,6 @@ from nim_runtime.profiles import (
     find_manifest_for_image,
     select_profile,
 )
-
-from nim_operator import constants as c
-from nim_operator.api.spec import NIMServiceSpec, ProfileStatus, Rejected
 
 
 def _int(value: Any) -> int | None:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
 from pydantic import ValidationError
 
 from nim_operator import metrics
@@ -22,6 +21,7 @@ from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
 from nim_operator.render import Owner, render_children
 from nim_operator.status import Failure, compute_status
+from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
 
 log = logging.getLogger(__name__)
 

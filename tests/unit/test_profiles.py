@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from nim_runtime.profiles import (
     NodeGpuFacts,
     ProfileError,

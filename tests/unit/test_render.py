@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from nim_runtime.profiles import NodeGpuFacts, find_manifest
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.placement import Placement, decide, node_facts, placement_of
 from nim_operator.render import Owner, render_children, render_deployment
+from nim_runtime.profiles import NodeGpuFacts, find_manifest
 
 OWNER = Owner("llama", "team-a", "uid-1")
 H100 = NodeGpuFacts("h100-0", "NVIDIA-H100-80GB-HBM3", 8, 81559)

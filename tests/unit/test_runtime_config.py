@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from nim_runtime.config import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_PORT,

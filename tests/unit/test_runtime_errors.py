@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nim_runtime.auth import bearer_matches, is_protected
 from nim_runtime.content import check_chat_images, image_url_problem
 from nim_runtime.errors import ApiError, describe_validation_errors, error_body

@@ -6,13 +6,14 @@ import asyncio
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+
 from nim_runtime.app import create_app
 from nim_runtime.config import RuntimeConfig
 from nim_runtime.context import RuntimeContext
 from nim_runtime.lifecycle import Lifecycle, Phase
 from nim_runtime.metrics import RuntimeMetrics
 from nim_runtime.plan import make_plan
-from prometheus_client import CollectorRegistry
 
 
 async def test_wait_idle_waits_for_the_last_request() -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from nim_runtime.config import RuntimeConfig
 from nim_runtime.plan import PlanError, engine_argv, make_plan
 from nim_runtime.profiles import ProfileError
