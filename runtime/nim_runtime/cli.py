@@ -1,0 +1,62 @@
+"""``nim-runtime`` (and ``python -m nim_runtime``): serve, or ``prepare`` the embedded models once.
+
+Configuration problems (a bad variable, an unknown model or profile) exit with status 2 and one line
+saying what to change, before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from nim_runtime.config import ConfigError, RuntimeConfig, apply_engine_environment
+
+USAGE = """nim-runtime [serve]          serve the model configured by NIM_* variables
+nim-runtime prepare [NAME ...]  convert the embedded models into $NIM_CACHE_PATH once (setup step)"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="nim-runtime", usage=USAGE)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "prepare"])
+    parser.add_argument("names", nargs="*", help="catalog names for prepare (default: all embedded)")
+    options = parser.parse_args(args)
+    try:
+        config = RuntimeConfig.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"nim-runtime: {exc}", file=sys.stderr)
+        return 2
+    if options.command == "prepare":
+        from nim_runtime.sources import prepare
+
+        apply_engine_environment(config, cpu=True)
+        return prepare(options.names, config.cache_path)
+    return _serve(config)
+
+
+def _serve(config: RuntimeConfig) -> int:
+    from nim_runtime.logs import setup_logging
+    from nim_runtime.plan import PlanError, make_plan
+    from nim_runtime.profiles import ProfileError
+
+    setup_logging(config)
+    try:
+        plan = make_plan(config)
+    except (PlanError, ProfileError) as exc:
+        print(f"nim-runtime: {exc}", file=sys.stderr)
+        return 2
+    apply_engine_environment(config, cpu=plan.on_cpu)
+
+    from nim_runtime.app import create_app
+    from nim_runtime.context import RuntimeContext
+    from nim_runtime.metrics import RuntimeMetrics
+    from nim_runtime.server import serve
+
+    ctx = RuntimeContext(config=config, plan=plan, metrics=RuntimeMetrics())
+    return asyncio.run(serve(ctx, create_app(ctx)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The one module that touches vLLM (pinned to vLLM 0.32.0).
+
+It turns our configuration into vLLM's own server arguments (parsed by vLLM's parser, so
+``NIM_PASSTHROUGH_ARGS`` accepts exactly what ``vllm serve`` accepts), starts the ``AsyncLLM`` engine
+client, and builds vLLM's OpenAI serving objects with vLLM's own ``init_app_state``, so chat templates,
+tool calling, structured outputs, streaming and logprobs are vLLM's. What it exposes is small: one
+:class:`Engine` whose methods take a parsed JSON body and answer a Starlette response.
+
+Import it only after :func:`nim_runtime.config.apply_engine_environment` (vLLM reads the environment
+at import time) and never at import time of a test module (the CPU platform spawns processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from argparse import Namespace
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pydantic
+from fastapi import Request
+from starlette.datastructures import State
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+from vllm.entrypoints.serve.utils.api_utils import listen_for_disconnect
+from vllm.usage.usage_lib import UsageContext
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from nim_runtime.errors import describe_validation_errors, error_response
+
+logger = logging.getLogger(__name__)
+
+VLLM_RELEASE = "0.32.0"
+
+_chat_request: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ChatCompletionRequest)
+_completion_request: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(CompletionRequest)
+_embedding_request: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(EmbeddingRequest)
+_tokenize_request: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(TokenizeRequest)
+_detokenize_request: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(DetokenizeRequest)
+
+
+class EngineArgsError(ValueError):
+    """The engine arguments (ours plus NIM_PASSTHROUGH_ARGS) are not valid vLLM arguments."""
+
+
+def build_server_args(argv: Sequence[str]) -> Namespace:
+    """Parse ``vllm serve``-style arguments with vLLM's own parser; later flags override earlier ones."""
+    parser = make_arg_parser(FlexibleArgumentParser(prog="nim-runtime (vLLM arguments)"))
+    try:
+        args = parser.parse_args(list(argv))
+        validate_parsed_serve_args(args)
+    except SystemExit as exc:  # argparse reports on stderr, then exits
+        raise EngineArgsError(f"invalid vLLM arguments {list(argv)!r} (see the message above)") from exc
+    except (TypeError, ValueError) as exc:
+        raise EngineArgsError(f"invalid vLLM arguments: {exc}") from exc
+    assert isinstance(args, Namespace)
+    return args
+
+
+class Engine:
+    """A running vLLM engine and its OpenAI serving objects."""
+
+    def __init__(self, client: AsyncLLM, state: State, args: Namespace) -> None:
+        self._client = client
+        self._state = state
+        self.args = args
+        self.max_model_len: int = client.model_config.max_model_len
+        self.served_names: list[str] = list(args.served_model_name or [args.model])
+
+    @classmethod
+    async def start(cls, args: Namespace) -> Engine:
+        """Start the engine core (a child process) and build the serving objects; takes seconds."""
+        # Building the config and starting the engine core block for seconds: off the event loop, so
+        # health probes keep answering. AsyncLLM starts its output handler lazily when built off-loop.
+        client = await asyncio.to_thread(_create_client, args)
+        try:
+            tasks = await client.get_supported_tasks()
+            state = State()
+            await init_app_state(client, state, args, tasks)
+        except BaseException:
+            client.shutdown()
+            raise
+        logger.info("vLLM %s engine ready; tasks: %s", VLLM_RELEASE, ", ".join(tasks))
+        return cls(client, state, args)
+
+    def shutdown(self) -> None:
+        self._client.shutdown()
+
+    @property
+    def supports_chat(self) -> bool:
+        return getattr(self._state, "openai_serving_chat", None) is not None
+
+    @property
+    def supports_embeddings(self) -> bool:
+        return getattr(self._state, "serving_embedding", None) is not None
+
+    async def chat(self, body: dict[str, Any], raw: Request) -> Response:
+        handler = getattr(self._state, "openai_serving_chat", None)
+        if handler is None:
+            return _unsupported("Chat Completions", self.served_names[0])
+        request = _parse(_chat_request, body)
+        if isinstance(request, Response):
+            return request
+        return await _call(lambda: handler.create_chat_completion(request, raw), raw)
+
+    async def completion(self, body: dict[str, Any], raw: Request) -> Response:
+        handler = getattr(self._state, "openai_serving_completion", None)
+        if handler is None:
+            return _unsupported("Completions", self.served_names[0])
+        request = _parse(_completion_request, body)
+        if isinstance(request, Response):
+            return request
+        return await _call(lambda: handler.create_completion(request, raw), raw)
+
+    async def embedding(self, body: dict[str, Any], raw: Request) -> Response:
+        handler = getattr(self._state, "serving_embedding", None)
+        if handler is None:
+            return _unsupported("Embeddings", self.served_names[0])
+        request = _parse(_embedding_request, body)
+        if isinstance(request, Response):
+            return request
+        return await _call(lambda: handler(request, raw), raw)
+
+    async def tokenize(self, body: dict[str, Any], raw: Request) -> Response:
+        request = _parse(_tokenize_request, body)
+        if isinstance(request, Response):
+            return request
+        return await _call(lambda: self._state.serving_tokenization.create_tokenize(request, raw), raw)
+
+    async def detokenize(self, body: dict[str, Any], raw: Request) -> Response:
+        request = _parse(_detokenize_request, body)
+        if isinstance(request, Response):
+            return request
+        return await _call(lambda: self._state.serving_tokenization.create_detokenize(request, raw), raw)
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        """vLLM's model list entries (id, max_model_len, root, parent, permission) as JSON."""
+        models = await self._state.openai_serving_models.show_available_models()
+        return [card.model_dump(mode="json") for card in models.data]
+
+
+def _create_client(args: Namespace) -> AsyncLLM:
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    return AsyncLLM.from_vllm_config(
+        vllm_config=vllm_config,
+        usage_context=UsageContext.OPENAI_API_SERVER,
+        enable_log_requests=engine_args.enable_log_requests,
+        disable_log_stats=engine_args.disable_log_stats,
+    )
+
+
+def _parse(adapter: pydantic.TypeAdapter[Any], body: dict[str, Any]) -> Any:
+    """The vLLM request model for ``body``, or a 400 response naming the offending field."""
+    try:
+        return adapter.validate_python(body)
+    except pydantic.ValidationError as exc:
+        message, param = describe_validation_errors(exc.errors(include_input=False))
+        return error_response(400, message, param=param)
+    except (ValueError, TypeError) as exc:  # vLLM's validators sometimes raise their own errors directly
+        err = create_error_response(exc)
+        return error_response(err.error.code, err.error.message, param=err.error.param)
+
+
+def _unsupported(api: str, model: str) -> Response:
+    return error_response(400, f"The model {model!r} does not support the {api} API")
+
+
+async def _call(work: Callable[[], Awaitable[Any]], raw: Request) -> Response:
+    """Run a serving call, cancelled if the client goes away first, and shape whatever it returns."""
+    task = asyncio.ensure_future(work())
+    watcher = asyncio.ensure_future(listen_for_disconnect(raw))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return Response(status_code=499)
+    try:
+        result = task.result()
+    except Exception as exc:  # vLLM raises for some bad input instead of returning an error
+        err = create_error_response(exc)
+        if err.error.code >= 500:
+            logger.exception("Engine call failed")
+        return error_response(err.error.code, err.error.message, param=err.error.param)
+    return _to_response(result)
+
+
+def _to_response(result: Any) -> Response:
+    match result:
+        case Response():
+            return result
+        case ErrorResponse():
+            return error_response(result.error.code, result.error.message, param=result.error.param)
+        case pydantic.BaseModel():
+            return JSONResponse(result.model_dump(mode="json"))
+        case _ if isinstance(result, AsyncIterator):
+            return StreamingResponse(result, media_type="text/event-stream")
+    raise TypeError(f"unexpected result from vLLM's serving layer: {type(result).__name__}")

@@ -1,0 +1,112 @@
+"""One ASGI middleware in front of every route: metrics, the API key, body size, drain and in-flight.
+
+It is plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` so streamed responses pass through
+untouched and "in flight" lasts until the last byte of a stream is sent: that is what a drain waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nim_runtime.auth import bearer_matches, is_protected
+from nim_runtime.errors import error_body
+from nim_runtime.lifecycle import Lifecycle, Phase
+from nim_runtime.metrics import RuntimeMetrics
+
+#: Routes reported under their own label; anything else is "other" (keeps label cardinality bounded).
+KNOWN_ROUTES = frozenset({
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize",
+    "/v1/health/live", "/v1/health/ready", "/v1/metrics", "/v1/version", "/v1/metadata", "/v1/manifest",
+    "/v1/license", "/inference/chat_completion", "/ls/inference/chat_completion",
+})  # fmt: skip
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifecycle: Lifecycle,
+        metrics: RuntimeMetrics,
+        api_key: str | None,
+        max_request_bytes: int,
+    ) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.api_key = api_key
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        inference = method == "POST" and is_protected(path)
+        try:
+            refusal = self._refusal(scope, path, inference)
+            if refusal is not None:
+                status, body, headers = refusal
+                await _send_json(send, status, body, headers)
+                return
+            if not inference:
+                await self.app(scope, receive, send_and_record)
+                return
+            self.lifecycle.request_started()
+            self.metrics.in_flight.inc()
+            try:
+                await self.app(scope, receive, send_and_record)
+            finally:
+                self.lifecycle.request_finished()
+                self.metrics.in_flight.dec()
+        finally:
+            route = path if path in KNOWN_ROUTES else "other"
+            self.metrics.observe(route, method, status, time.perf_counter() - started)
+
+    def _refusal(
+        self, scope: Scope, path: str, inference: bool
+    ) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        """Why this request is answered here without reaching a route, or None."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if (
+            self.api_key is not None
+            and is_protected(path)
+            and not bearer_matches(headers.get("authorization"), self.api_key)
+        ):
+            body = error_body(401, "Missing or wrong API key: send `Authorization: Bearer <NIM_API_KEY>`")
+            return 401, body, {"www-authenticate": "Bearer"}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_request_bytes:
+            message = f"Request body of {length} bytes exceeds the limit of {self.max_request_bytes} bytes"
+            return 413, error_body(413, message), {}
+        if inference and self.lifecycle.phase is not Phase.READY:
+            retry = {"retry-after": "5"} if self.lifecycle.phase is Phase.LOADING else {}
+            message = {
+                Phase.LOADING: "The model is still loading; retry when /v1/health/ready answers 200",
+                Phase.DRAINING: "The server is shutting down and accepts no new requests",
+                Phase.FAILED: "The model failed to load; see the server log",
+            }[self.lifecycle.phase]
+            return 503, error_body(503, message), {**retry, "connection": "close"}
+        return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    payload = json.dumps(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,99 @@
+"""What to serve: the configuration resolved into a manifest, a profile and vLLM's arguments.
+
+Pure apart from reading the catalog and ``nvidia-smi`` (through profile selection), so start-up
+decisions are unit-tested without an engine. An unknown profile fails here, before anything heavy
+is imported, so a typo in NIM_MODEL_PROFILE stops the process at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nim_runtime.config import DEFAULT_MODEL_NAME, RuntimeConfig
+from nim_runtime.profiles import ModelManifest, Profile, find_manifest, load_catalog, select_local_profile
+from nim_runtime.sources import custom_manifest, resolve_source
+
+#: vLLM's tool-call parser per catalog model; others get DEFAULT_TOOL_PARSER. vLLM needs one even for a
+#: named tool_choice (which it answers with structured output). Hermes needs no special tokens, so it is
+#: a safe default. TODO: move into the manifest once it has a field for it.
+TOOL_PARSERS = {
+    "meta/llama-3.1-8b-instruct": "llama3_json",
+    "meta/llama-3.1-70b-instruct": "llama3_json",
+}
+DEFAULT_TOOL_PARSER = "hermes"
+
+
+class PlanError(ValueError):
+    """The configuration names something that does not exist; the message lists what does."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingPlan:
+    """The model, profile and names the runtime will serve with."""
+
+    manifest: ModelManifest
+    profile: Profile
+    served_name: str
+    source: str
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.profile.device == "cpu"
+
+
+def make_plan(config: RuntimeConfig) -> ServingPlan:
+    """Pick the manifest (catalog name, or a custom one for NIM_MODEL_PATH) and the profile.
+
+    With NIM_MODEL_PATH and a catalog NIM_MODEL_NAME, the catalog manifest describes the model and the
+    path only replaces where the weights come from (the usual case of a pre-loaded model store).
+    """
+    if config.model_path is None:
+        name = config.model_name or DEFAULT_MODEL_NAME
+        manifest = find_manifest(name)
+        if manifest is None:
+            raise PlanError(
+                f"NIM_MODEL_NAME={name!r} is not in the catalog; known models: "
+                f"{', '.join(load_catalog())} (or set NIM_MODEL_PATH to a model folder)"
+            )
+        source = manifest.source
+    else:
+        path = Path(config.model_path).expanduser()
+        source = str(path)
+        manifest = find_manifest(config.model_name) if config.model_name else None
+        if manifest is None:
+            name = config.served_model_name or config.model_name or path.name
+            manifest = custom_manifest(path, name, max_model_len=config.max_model_len)
+    # ProfileError (a ValueError) lists the valid ids; the caller reports it and exits.
+    profile = select_local_profile(manifest, config.profile)
+    served = config.served_model_name or manifest.model_name
+    return ServingPlan(manifest=manifest, profile=profile, served_name=served, source=source)
+
+
+def engine_argv(plan: ServingPlan, config: RuntimeConfig, model_dir: Path) -> list[str]:
+    """``vllm serve`` arguments: ours first, then the profile's, then NIM_PASSTHROUGH_ARGS (last wins)."""
+    argv = [
+        "--model", str(model_dir),
+        "--served-model-name", plan.served_name,
+        "--max-model-len", str(config.max_model_len or plan.manifest.max_model_len),
+        "--tensor-parallel-size", str(plan.profile.tp),
+        "--pipeline-parallel-size", str(plan.profile.pp),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if plan.manifest.task == "embedding":
+        argv += ["--runner", "pooling"]
+    else:
+        parser = TOOL_PARSERS.get(plan.manifest.name, DEFAULT_TOOL_PARSER)
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    if plan.on_cpu:
+        # Compiled mode costs 100+ s of start-up on the CPU for ~20% more throughput.
+        argv += ["--enforce-eager"]
+    argv += list(plan.profile.vllm_args)
+    argv += list(config.passthrough_args)
+    return argv
+
+
+def model_source_path(plan: ServingPlan, config: RuntimeConfig) -> tuple[Path, bool]:
+    """The model folder and whether it still needs the one-time conversion."""
+    resolved = resolve_source(plan.source, config.cache_path, prepared_cache=config.prepared_cache)
+    return resolved.path, resolved.needs_conversion

@@ -1,0 +1,1 @@
+"""HTTP routes: the OpenAI API (served by vLLM's serving layer), NIM management, and Llama Stack."""

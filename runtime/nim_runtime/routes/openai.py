@@ -1,0 +1,62 @@
+"""The OpenAI-compatible API: thin routes over vLLM's serving objects (see :mod:`nim_runtime.engine`).
+
+The routes read the body themselves (so malformed JSON and wrong types get our 400, not FastAPI's 422),
+add the NIM shape of ``/v1/models``, and check images before the engine sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from nim_runtime.content import check_chat_images
+from nim_runtime.context import read_json_object, require_engine, runtime
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body = await read_json_object(request)
+    engine = require_engine(request)
+    manifest = runtime(request).plan.manifest
+    check_chat_images(body.get("messages"), multimodal=manifest.multimodal, model=str(body.get("model")))
+    return await engine.chat(body, request)
+
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    body = await read_json_object(request)
+    return await require_engine(request).completion(body, request)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    body = await read_json_object(request)
+    return await require_engine(request).embedding(body, request)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    body = await read_json_object(request)
+    return await require_engine(request).tokenize(body, request)
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    body = await read_json_object(request)
+    return await require_engine(request).detokenize(body, request)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """NIM's model list: ``root`` is the served name (not a local path) and ``owned_by`` is "system"."""
+    cards = await require_engine(request).model_cards()
+    for card in cards:
+        card["owned_by"] = "system"
+        if card.get("parent") is None:
+            card["root"] = card["id"]
+    return {"object": "list", "data": cards}

@@ -1,0 +1,135 @@
+"""Real servers for the runtime tests: ``python -m nim_runtime`` in a subprocess, one per model.
+
+Servers start lazily (a session fixture per model) and are stopped with SIGTERM at the end. The model
+cache is shared across runs (``NIM_TEST_CACHE``, default ``~/.cache/nim-runtime``), so SmolLM2's
+one-time conversion happens at most once per machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("NIM_TEST_CACHE", "~/.cache/nim-runtime")).expanduser()
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+START_TIMEOUT = float(os.environ.get("NIM_TEST_START_TIMEOUT", "600"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A runtime process and what was seen while it started."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    started_at: float
+    ready_after: float | None = None
+    #: (ready status, live status) pairs polled from process start until ready.
+    startup_statuses: list[tuple[int | None, int | None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+                ready = _status(client, f"{self.url}/v1/health/ready")
+                live = _status(client, f"{self.url}/v1/health/live")
+                self.startup_statuses.append((ready, live))
+                if ready == 200:
+                    self.ready_after = time.monotonic() - self.started_at
+                    return
+                time.sleep(0.25)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _status(client: httpx.Client, url: str) -> int | None:
+    try:
+        return client.get(url).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def start_server(tmp: Path, name: str, **env: str) -> Server:
+    port = free_port()
+    log = tmp / f"{name}.log"
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("NIM_")}
+    full_env = {**inherited, "NIM_SERVER_PORT": str(port), "NIM_CACHE_PATH": str(CACHE), **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nim_runtime"], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+        )
+    return Server(proc=proc, port=port, log=log, started_at=time.monotonic())
+
+
+@pytest.fixture(scope="session")
+def runtime_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nim-runtime")
+
+
+@pytest.fixture(scope="session")
+def smollm2(runtime_tmp: Path) -> Iterator[Server]:
+    server = start_server(runtime_tmp, "smollm2")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm(runtime_tmp: Path) -> Iterator[Server]:
+    server = start_server(runtime_tmp, "minilm", NIM_MODEL_NAME=MINILM)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(runtime_tmp: Path, smollm2: Server) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (taken from the converted SmolLM2 folder)."""
+    from nim_runtime.sources import smollm2_folder
+
+    target = CACHE / "test-models" / "tiny-llama-v1"
+    subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("tiny_model.py")), str(smollm2_folder(CACHE)), str(target)],
+        check=True,
+    )
+    return target
