@@ -46,7 +46,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="nimoperator.dev", key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # kopf would post an Event for every handler's success; ours (kopf.event) are the ones users need.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = int(os.environ.get("NIM_OPERATOR_WORKERS", "8"))
     settings.watching.server_timeout = 300
     kube = Kube(api_client(os.environ.get("KUBECONFIG")))
@@ -66,11 +67,12 @@ def _reconciler(memo: kopf.Memo) -> Reconciler:
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
-def track(body: kopf.Body, type: str | None, **_: Any) -> None:
+def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
         _services.pop(key, None)
         metrics.STATES.set(key[0], key[1], None)
+        _reconciler(memo).forget(body.metadata.uid or "")
     else:
         _services[key] = dict(body)
 

@@ -12,8 +12,6 @@ import threading
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
 from nim_operator import constants as c
 from nim_operator import metrics
@@ -26,12 +24,32 @@ class ChildRejected(Exception):
     """The API server refused a child as invalid (or does not know its kind): the spec must change."""
 
 
-def _rejection(kind: str, name: str, err: DynamicApiError) -> ChildRejected:
+def _message(err: client.ApiException) -> str:
     try:
-        message = json.loads(err.body or "{}").get("message", "")
+        message: str = json.loads(err.body or "{}").get("message", "")
     except (TypeError, ValueError):
-        message = str(err.summary())
-    return ChildRejected(f"{kind} {name} was rejected by the API server: {message}")
+        message = str(err.reason)
+    return message
+
+
+#: The kinds the operator writes, by (apiVersion, kind) -> plural. A fixed table instead of API
+#: discovery: discovery of a whole cluster costs ~80 MB of memory and a burst of requests at start.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Service"): "services",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
+}
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    tail = f"/{name}" if name else ""
+    return f"{root}{scope}/{PLURALS[(api_version, kind)]}{tail}"
 
 
 def desired_hash(body: dict[str, Any]) -> str:
@@ -52,25 +70,58 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class Kube:
-    """Typed-enough helpers over the dynamic client; thread-safe for kopf's handler threads."""
+    """Server-side apply and friends over plain REST paths; thread-safe for kopf's handler threads."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.dynamic = DynamicClient(api)
         self.core = client.CoreV1Api(api)
         # Child -> (hash of the desired body we applied, metadata.generation the server gave it back).
         self._applied: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self._lock = threading.Lock()
 
-    def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One call to the API server; raises ``ApiException`` for any non-2xx answer."""
+        return self.call(method, path, body=body, query=query, content_type=content_type)[1]
 
-    def has_kind(self, api_version: str, kind: str) -> bool:
-        try:
-            self._resource(api_version, kind)
-        except ResourceNotFoundError:
-            return False
-        return True
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]:
+        """Like :meth:`request`, with the HTTP status (201 tells a server-side apply created the object)."""
+        serialized = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise client.ApiException(http_resp=response)
+        result: dict[str, Any] = json.loads(data) if data else {}
+        return response.status, result
+
+    def knows(self, body: dict[str, Any]) -> bool:
+        """Whether this child was applied (or seen) before, i.e. probably exists."""
+        meta = body["metadata"]
+        with self._lock:
+            known = self._applied.get((body["apiVersion"], body["kind"], meta["namespace"], meta["name"]))
+        return known is not None and known != ABSENT
 
     def needs_apply(self, body: dict[str, Any]) -> bool:
         """Whether this desired body differs from the last one applied (or seen applied)."""
@@ -79,8 +130,9 @@ class Kube:
         with self._lock:
             return self._applied.get(key, ("", 0))[0] != desired_hash(body)
 
-    def apply(self, body: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """Server-side apply with our field manager; returns the live (or would-be) object.
+    def apply(self, body: dict[str, Any], *, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
+        """Server-side apply with our field manager; returns the live (or would-be) object and whether
+        this call created it.
 
         Raises :class:`ChildRejected` when the server finds the object invalid or its kind unknown.
         """
@@ -91,32 +143,36 @@ class Kube:
             **body,
             "metadata": {**meta, "annotations": {**meta.get("annotations", {}), HASH_ANNOTATION: digest}},
         }
-        try:
-            resource = self._resource(body["apiVersion"], body["kind"])
-        except ResourceNotFoundError as err:
-            raise ChildRejected(
-                f"the cluster does not serve {body['kind']} ({body['apiVersion']}): install its CRDs or turn the "
-                "feature off"
-            ) from err
+        query = [("fieldManager", c.FIELD_MANAGER), ("force", "true")] + ([("dryRun", "All")] if dry_run else [])
         metrics.API_WRITES.labels(body["kind"], "dry-run" if dry_run else "apply").inc()
+        path = resource_path(body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
         try:
-            live = resource.server_side_apply(
-                body=stamped,
-                name=meta["name"],
-                namespace=meta["namespace"],
-                field_manager=c.FIELD_MANAGER,
-                force_conflicts=True,
-                dry_run="All" if dry_run else None,
+            status, result = self.call(
+                "PATCH", path, body=stamped, query=query, content_type="application/apply-patch+yaml"
             )
-        except DynamicApiError as err:
+        except client.ApiException as err:
+            if err.status == 404:
+                raise ChildRejected(
+                    f"the cluster does not serve {body['kind']} ({body['apiVersion']}): install its CRDs or turn "
+                    "the feature off"
+                ) from err
             if err.status in (400, 422):
-                raise _rejection(body["kind"], meta["name"], err) from err
+                raise ChildRejected(f"{body['kind']} {meta['name']} was rejected: {_message(err)}") from err
             raise
-        result: dict[str, Any] = live.to_dict()
         if not dry_run:
             with self._lock:
                 self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
-        return result
+        return result, status == 201
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Delete a child this reconcile just created (rolling back a creation that failed half-way)."""
+        metrics.API_WRITES.labels(kind, "delete").inc()
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name))
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+        self.forget(api_version, kind, namespace, name)
 
     def forget(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Drop the memory of an applied child (it was changed or deleted by someone else)."""
@@ -144,10 +200,11 @@ class Kube:
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         metrics.API_READS.labels(kind).inc()
         try:
-            obj: dict[str, Any] = self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
-        except (NotFoundError, ResourceNotFoundError):
-            return None
-        return obj
+            return self.request("GET", resource_path(api_version, kind, namespace, name))
+        except client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
     def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete a child only if this NIMService controls it: never a user's object of the same name."""
@@ -161,7 +218,7 @@ class Kube:
             refs = live.get("metadata", {}).get("ownerReferences") or []
             if any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
                 metrics.API_WRITES.labels(kind, "delete").inc()
-                self._resource(api_version, kind).delete(name=name, namespace=namespace)
+                self.request("DELETE", resource_path(api_version, kind, namespace, name))
                 deleted = True
         with self._lock:
             self._applied[key] = ABSENT
@@ -176,17 +233,14 @@ class Kube:
         selector = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
         learned = 0
         for api_version, kind in kinds:
-            try:
-                resource = self._resource(api_version, kind)
-            except ResourceNotFoundError:
-                continue
             scopes: list[str | None] = list(namespaces) if namespaces else [None]
             for namespace in scopes:
                 metrics.API_READS.labels(kind).inc()
+                path = resource_path(api_version, kind, namespace)
                 try:
-                    items = resource.get(namespace=namespace, label_selector=selector).to_dict()["items"]
-                except DynamicApiError:
-                    continue
+                    items = self.request("GET", path, query=[("labelSelector", selector)])["items"]
+                except client.ApiException:
+                    continue  # not served, or not ours to list: those children are applied once
                 for item in items:
                     item.setdefault("apiVersion", api_version)
                     item.setdefault("kind", kind)

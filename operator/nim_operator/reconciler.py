@@ -19,7 +19,7 @@ from nim_operator import metrics
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
-from nim_operator.render import Owner, render_children
+from nim_operator.render import Child, Owner, render_children
 from nim_operator.status import Failure, compute_status
 from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
 
@@ -61,6 +61,13 @@ def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
         return None  # written by an older operator: start afresh
 
 
+def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
+    """Whether this generation of the spec was already found invalid."""
+    if previous is None or previous.state != "Failed" or previous.observed_generation != generation:
+        return False
+    return any(c.type == "Failed" and c.status == "True" and c.reason == "InvalidSpec" for c in previous.conditions)
+
+
 def _resolve_manifest(kube: Kube, namespace: str, spec: NIMServiceSpec) -> ModelManifest | None:
     """The manifest from the named ConfigMap, or the catalog. Raises Failure-worthy ValueError."""
     if not spec.model_manifest:
@@ -86,11 +93,18 @@ class Reconciler:
         self.emit = emit or (lambda body, kind, reason, message: None)
         self.nodes: dict[str, NodeGpuFacts] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # The status last written per NIMService uid. Events of children can hand us a body older than our
+        # own last write; comparing against it would repeat writes and miss a refusal just reported.
+        self._written: dict[str, NIMServiceStatus] = {}
         self._guard = threading.Lock()
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered of a deleted NIMService."""
+        self._written.pop(uid, None)
 
     def reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None = None) -> Outcome:
         meta = body["metadata"]
@@ -110,7 +124,14 @@ class Reconciler:
         meta = body["metadata"]
         owner = Owner(meta["name"], meta["namespace"], meta["uid"])
         generation = int(meta.get("generation") or 0)
-        previous = _previous_status(body)
+        previous = self._written.get(owner.uid) or _previous_status(body)
+        if previous is not None and (previous.observed_generation or 0) > generation:
+            return Outcome(status=previous)  # a stale copy from a child's event: the newer spec was handled
+        if _refused(previous, generation):
+            # Retrying cannot help until the spec changes, and each try would create and roll back
+            # children, whose deletion events would trigger the next try.
+            assert previous is not None
+            return Outcome(status=previous)
         try:
             spec = NIMServiceSpec.model_validate(body.get("spec") or {})
         except ValidationError as err:
@@ -158,23 +179,11 @@ class Reconciler:
 
         placement = placement_of(spec, manifest, decision)
         children = render_children(owner, spec, placement)
-        changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
-        # Validate every changed child before writing any, so an invalid spec changes nothing.
         try:
-            for body_ in changed:
-                self.kube.apply(body_, dry_run=True)
+            outcome, applied = self._apply_children(owner, children)
         except ChildRejected as err:
             return self._fail(body, owner, spec, generation, previous, pstatus, Failure("InvalidSpec", str(err)))
-        outcome = Outcome(status=NIMServiceStatus())
-        for child in children:
-            if child.body is None:
-                if self.kube.delete_owned(child.api_version, child.kind, owner.namespace, child.name, owner.uid):
-                    outcome.deleted.append(f"{child.kind}/{child.name}")
-            elif any(child.body is b for b in changed):
-                live = self.kube.apply(child.body)
-                outcome.applied.append(f"{child.kind}/{child.name}")
-                if child.kind == "Deployment":
-                    deployment = live
+        deployment = applied.get("Deployment", deployment)
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
 
@@ -192,6 +201,39 @@ class Reconciler:
         outcome.status = status
         outcome.status_written = self._write_status(body, owner, previous, status)
         return outcome
+
+    def _apply_children(self, owner: Owner, children: list[Child]) -> tuple[Outcome, dict[str, dict[str, Any]]]:
+        """Apply what changed and delete what is off, all or nothing.
+
+        Children that exist are validated by a server-side dry run before anything is written, so an
+        invalid update changes nothing. New children skip the dry run (it would double the writes of
+        every creation): they are applied Deployment first, and if a later one is refused, the ones
+        this pass created are deleted again. Raises ChildRejected after rolling back.
+        """
+        changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
+        for body in changed:
+            if self.kube.knows(body):
+                self.kube.apply(body, dry_run=True)
+        outcome = Outcome(status=NIMServiceStatus())
+        live: dict[str, dict[str, Any]] = {}
+        created: list[dict[str, Any]] = []
+        try:
+            for body in sorted(changed, key=lambda b: b["kind"] != "Deployment"):
+                obj, was_created = self.kube.apply(body)
+                live[body["kind"]] = obj
+                outcome.applied.append(f"{body['kind']}/{body['metadata']['name']}")
+                if was_created:
+                    created.append(body)
+        except ChildRejected:
+            for body in created:
+                self.kube.delete(body["apiVersion"], body["kind"], owner.namespace, body["metadata"]["name"])
+            raise
+        for child in children:
+            if child.body is None and self.kube.delete_owned(
+                child.api_version, child.kind, owner.namespace, child.name, owner.uid
+            ):
+                outcome.deleted.append(f"{child.kind}/{child.name}")
+        return outcome, live
 
     def _fail(
         self,
@@ -225,6 +267,7 @@ class Reconciler:
             return False
         payload = status.model_dump(by_alias=True, mode="json")
         self.kube.patch_status(owner.namespace, owner.name, payload)
+        self._written[owner.uid] = status
         before_state = previous.state if previous else None
         before_profile = previous.profile.id if previous and previous.profile else None
         now_profile = status.profile.id if status.profile else None

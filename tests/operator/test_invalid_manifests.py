@@ -100,3 +100,19 @@ def test_fixing_a_failed_spec_recovers(nim: NIM) -> None:
     assert status["profile"]["id"] == "vllm-bf16-tp1-h100"
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "False"
+
+
+def test_invalid_update_leaves_running_children_untouched(nim: NIM) -> None:
+    nim.create("steady", OK)
+    nim.wait_state("steady", "Ready")
+    deployment = nim.deployment("steady")
+    assert deployment is not None
+    service_version = nim.core.read_namespaced_service("steady", nim.namespace).metadata.resource_version
+    nim.patch("steady", {"spec": {"labels": {"not a key!": "x"}}})
+    status = nim.wait_state("steady", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    after = nim.deployment("steady")
+    assert after is not None
+    assert after.metadata.resource_version == deployment.metadata.resource_version
+    assert nim.core.read_namespaced_service("steady", nim.namespace).metadata.resource_version == service_version
