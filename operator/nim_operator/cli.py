@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,12 @@ def _run(args: argparse.Namespace) -> int:
 
         serve_metrics(args.metrics_port)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.PLAIN)
+    priority = args.priority
+    if priority is None and args.peering:
+        # kopf pauses every peer of equal priority: replicas left at the default would all wait forever.
+        priority = random.SystemRandom().randint(1, 2**31 - 1)
     kopf.run(
+        priority=priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         standalone=args.standalone,
@@ -96,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     run.add_argument("--standalone", action="store_true", help="no peering: act even if another operator runs")
     run.add_argument("--peering", default=None, help="kopf peering object name (leader election)")
+    run.add_argument("--priority", type=int, default=None, help="peering priority (default: random when peering)")
     run.add_argument("--liveness", default=None, help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port")
     run.add_argument("--verbose", action="store_true", help="log at debug level")
