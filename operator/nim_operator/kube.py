@@ -73,8 +73,8 @@ class Kube:
     """Server-side apply and friends over plain REST paths; thread-safe for kopf's handler threads."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        # Deliberately no generated API classes: instantiating CoreV1Api alone costs ~80 MB of validators.
         self.api = api
-        self.core = client.CoreV1Api(api)
         # Child -> (hash of the desired body we applied, metadata.generation the server gave it back).
         self._applied: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self._lock = threading.Lock()
@@ -250,22 +250,21 @@ class Kube:
 
     def list_nodes(self) -> list[dict[str, Any]]:
         metrics.API_READS.labels("Node").inc()
-        items: list[dict[str, Any]] = self.api.sanitize_for_serialization(self.core.list_node().items)
+        items: list[dict[str, Any]] = self.request("GET", "/api/v1/nodes")["items"]
         return items
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         metrics.API_READS.labels("ConfigMap").inc()
         try:
-            cm = self.core.read_namespaced_config_map(name, namespace)
+            config_map = self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         except client.ApiException as err:
             if err.status == 404:
                 return None
             raise
-        data: dict[str, str] = cm.data or {}
+        data: dict[str, str] = config_map.get("data") or {}
         return data
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         metrics.API_WRITES.labels(c.KIND, "status").inc()
-        client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": status}
-        )
+        path = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}/status"
+        self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
