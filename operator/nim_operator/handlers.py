@@ -15,21 +15,14 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator import metrics
-from nim_operator.kube import Kube, api_client
+from nim_operator.kube import PLURALS, Kube, api_client
 from nim_operator.placement import node_facts
 from nim_operator.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
-CHILD_KINDS = [
-    ("v1", "PersistentVolumeClaim"),
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ("networking.k8s.io/v1", "Ingress"),
-]
+# Every kind the operator writes: the kinds it lists once at start to learn what it applied before.
+CHILD_KINDS = list(PLURALS)
 
 # NIMService bodies by (namespace, name), kept current by their watch, for child- and node-triggered runs.
 _services: dict[tuple[str, str], dict[str, Any]] = {}

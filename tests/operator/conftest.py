@@ -60,40 +60,63 @@ def crd(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
-def operator_process(crd: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One operator for the session, watching all namespaces, as `nim-operator run` runs it."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(crd.kubeconfig)}
-    with log.open("w") as out:
+class OperatorProcess:
+    """`nim-operator run` as a real process, which fault tests may kill and start again."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
         port = _free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nim_operator",
-                "run",
-                "--standalone",
-                "--verbose",
-                "--liveness",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-    try:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nim_operator",
+                    "run",
+                    "--standalone",
+                    "--verbose",
+                    "--liveness",
+                    f"http://127.0.0.1:{port}/healthz",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        proc = self.proc
         wait_for(lambda: proc.poll() is not None or _healthy(port), timeout=60, what="the operator's liveness endpoint")
         if proc.poll() is not None:
-            pytest.fail(f"the operator exited at start:\n{log.read_text()}")
-        yield log
+            pytest.fail(f"the operator exited at start:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to finish what it was doing, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def operator_process(crd: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching all namespaces, as `nim-operator run` runs it."""
+    operator = OperatorProcess(crd.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    operator.start()
+    try:
+        yield operator
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        operator.stop()
 
 
 def _free_port() -> int:
@@ -168,7 +191,7 @@ class NIM:
 
 
 @pytest.fixture
-def nim(cluster: Cluster, operator_process: Path, namespace: str) -> NIM:
+def nim(cluster: Cluster, operator_process: OperatorProcess, namespace: str) -> NIM:
     return NIM(cluster.api, namespace)
 
 

@@ -145,6 +145,17 @@ class Metrics(_Model):
     )
 
 
+class NetworkPolicySpec(_Model):
+    enabled: bool = Field(default=False, description="Create a NetworkPolicy admitting only the api port.")
+    from_: list[dict[str, Any]] = Field(
+        default_factory=list,
+        alias="from",
+        description="networking.k8s.io/v1 NetworkPolicyPeers allowed in (default: any source, api port only). "
+        "Metrics are scraped on the api port, so a Prometheus peer needs no extra rule.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
 class ProbeSpec(_Model):
     enabled: bool = Field(default=True, description="false removes the probe.")
     probe: dict[str, Any] | None = _k8s_object("A core/v1 Probe replacing the default.")
@@ -246,6 +257,7 @@ class NIMServiceSpec(_Model):
     scale: Scale | None = Field(default=None, description="Horizontal autoscaling.")
     expose: Expose = Field(default_factory=Expose, description="Service and Ingress.")
     metrics: Metrics | None = Field(default=None, description="Prometheus ServiceMonitor.")
+    network_policy: NetworkPolicySpec | None = Field(default=None, description="Optional ingress NetworkPolicy.")
     liveness_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.LIVE_PATH}.")
     readiness_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}.")
     startup_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}, up to 20 minutes.")

@@ -130,6 +130,22 @@ def render_ingress(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     }
 
 
+def render_network_policy(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    """Ingress to the pods on the api port only (inference, health and metrics all live there)."""
+    policy = spec.network_policy
+    if policy is None or not policy.enabled:
+        return None
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": spec.expose.service.port}]}
+    if policy.from_:
+        rule["from"] = copy.deepcopy(policy.from_)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(owner, owner.name, spec.labels),
+        "spec": {"podSelector": {"matchLabels": selector_labels(owner)}, "policyTypes": ["Ingress"], "ingress": [rule]},
+    }
+
+
 def render_pvc(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     pvc = spec.storage.pvc if spec.storage else None
     if pvc is None or not pvc.create:
@@ -167,5 +183,6 @@ def render_children(owner: Owner, spec: NIMServiceSpec, placement: Placement) ->
         ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),
         ("monitoring.coreos.com/v1", "ServiceMonitor", owner.name, render_service_monitor(owner, spec)),
         ("networking.k8s.io/v1", "Ingress", owner.name, render_ingress(owner, spec)),
+        ("networking.k8s.io/v1", "NetworkPolicy", owner.name, render_network_policy(owner, spec)),
     ]
     return [Child(api, kind, name, body) for api, kind, name, body in rendered]
