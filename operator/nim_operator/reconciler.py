@@ -61,6 +61,22 @@ def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
         return None  # written by an older operator: start afresh
 
 
+class _Refusal(Exception):
+    """This generation of the spec cannot be reconciled: report the failure, touch nothing more."""
+
+    def __init__(self, failure: Failure, profile: ProfileStatus | None = None) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.profile = profile
+
+
+def _parse_spec(body: Mapping[str, Any]) -> NIMServiceSpec:
+    try:
+        return NIMServiceSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        raise _Refusal(Failure("InvalidSpec", _validation_message(err))) from err
+
+
 def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
     """Whether this generation of the spec was already found invalid."""
     if previous is None or previous.state != "Failed" or previous.observed_generation != generation:
@@ -69,20 +85,19 @@ def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
 
 
 def _resolve_manifest(kube: Kube, namespace: str, spec: NIMServiceSpec) -> ModelManifest | None:
-    """The manifest from the named ConfigMap, or the catalog. Raises Failure-worthy ValueError."""
+    """The manifest from the named ConfigMap, or the catalog, or None when neither knows the model."""
     if not spec.model_manifest:
         return manifest_for(spec)
+    where = f"spec.modelManifest: ConfigMap {namespace}/{spec.model_manifest}"
     data = kube.read_config_map(namespace, spec.model_manifest)
     if data is None:
-        raise ValueError(f"spec.modelManifest: ConfigMap {namespace}/{spec.model_manifest} does not exist")
+        raise _Refusal(Failure("InvalidManifest", f"{where} does not exist"))
     if MANIFEST_KEY not in data:
-        raise ValueError(f"spec.modelManifest: ConfigMap {spec.model_manifest} has no key {MANIFEST_KEY}")
+        raise _Refusal(Failure("InvalidManifest", f"{where} has no key {MANIFEST_KEY}"))
     try:
         return parse_manifest(data[MANIFEST_KEY])
     except ValueError as err:
-        raise ValueError(
-            f"spec.modelManifest: ConfigMap {spec.model_manifest} holds an invalid manifest: {err}"
-        ) from err
+        raise _Refusal(Failure("InvalidManifest", f"{where} holds an invalid manifest: {err}")) from err
 
 
 class Reconciler:
@@ -127,67 +142,24 @@ class Reconciler:
         previous = self._written.get(owner.uid) or _previous_status(body)
         if previous is not None and (previous.observed_generation or 0) > generation:
             return Outcome(status=previous)  # a stale copy from a child's event: the newer spec was handled
-        if _refused(previous, generation):
+        if previous is not None and _refused(previous, generation):
             # Retrying cannot help until the spec changes, and each try would create and roll back
             # children, whose deletion events would trigger the next try.
-            assert previous is not None
             return Outcome(status=previous)
+        spec: NIMServiceSpec | None = None
+        pstatus: ProfileStatus | None = None
         try:
-            spec = NIMServiceSpec.model_validate(body.get("spec") or {})
-        except ValidationError as err:
-            return self._fail(
-                body,
-                owner,
-                None,
-                generation,
-                previous,
-                None,
-                Failure("InvalidSpec", _validation_message(err)),
-            )
-
-        try:
+            spec = _parse_spec(body)
             manifest = _resolve_manifest(self.kube, owner.namespace, spec)
-        except ValueError as err:
-            return self._fail(body, owner, spec, generation, previous, None, Failure("InvalidManifest", str(err)))
-
-        decision: ProfileDecision | None = None
-        if manifest is None:
-            model = spec.model.name if spec.model and spec.model.name else spec.image.repository
-            pstatus = profile_status(
-                None,
-                unmanaged_reason=(
-                    f"no manifest is known for {model}: deployed with the resources and scheduling given in the "
-                    "spec; the runtime selects its profile"
-                ),
-            )
-        else:
-            sticky = (
-                previous.profile.id
-                if previous and previous.profile and previous.observed_generation == generation
-                else None
-            )
-            try:
-                decision = decide(spec, manifest, list(self.nodes.values()), previous=sticky)
-            except ProfileError as err:
-                failed = ProfileStatus(reason=str(err), rejected=[Rejected(id=r.id, why=r.why) for r in err.rejected])
-                reason = (
-                    "UnknownProfile" if spec.profile and manifest.profile(spec.profile) is None else "NoProfileFits"
-                )
-                message = f"spec.profile: {err}" if reason == "UnknownProfile" else str(err)
-                return self._fail(body, owner, spec, generation, previous, failed, Failure(reason, message))
-            pstatus = profile_status(decision)
-
-        placement = placement_of(spec, manifest, decision)
-        children = render_children(owner, spec, placement)
-        try:
-            outcome, applied = self._apply_children(owner, children)
-        except ChildRejected as err:
-            return self._fail(body, owner, spec, generation, previous, pstatus, Failure("InvalidSpec", str(err)))
+            decision, pstatus = self._choose(spec, manifest, previous, generation)
+            placement = placement_of(spec, manifest, decision)
+            outcome, applied = self._apply_children(owner, render_children(owner, spec, placement))
+        except _Refusal as refusal:
+            return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = applied.get("Deployment", deployment)
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
-
-        status = compute_status(
+        outcome.status = compute_status(
             owner=owner,
             spec=spec,
             generation=generation,
@@ -198,9 +170,35 @@ class Reconciler:
             deployment=deployment,
             now=_now(),
         )
-        outcome.status = status
-        outcome.status_written = self._write_status(body, owner, previous, status)
+        outcome.status_written = self._write_status(body, owner, previous, outcome.status)
         return outcome
+
+    def _choose(
+        self,
+        spec: NIMServiceSpec,
+        manifest: ModelManifest | None,
+        previous: NIMServiceStatus | None,
+        generation: int,
+    ) -> tuple[ProfileDecision | None, ProfileStatus]:
+        """The profile decision and its status; none when no manifest is known (the runtime chooses)."""
+        if manifest is None:
+            model = spec.model.name if spec.model and spec.model.name else spec.image.repository
+            reason = (
+                f"no manifest is known for {model}: deployed with the resources and scheduling given in the "
+                "spec; the runtime selects its profile"
+            )
+            return None, profile_status(None, unmanaged_reason=reason)
+        same_spec = previous is not None and previous.observed_generation == generation
+        sticky = previous.profile.id if same_spec and previous and previous.profile else None
+        try:
+            decision = decide(spec, manifest, list(self.nodes.values()), previous=sticky)
+        except ProfileError as err:
+            rejected = [Rejected(id=r.id, why=r.why) for r in err.rejected]
+            failed = ProfileStatus(reason=str(err), rejected=rejected)
+            if spec.profile and manifest.profile(spec.profile) is None:
+                raise _Refusal(Failure("UnknownProfile", f"spec.profile: {err}"), failed) from err
+            raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
+        return decision, profile_status(decision)
 
     def _apply_children(self, owner: Owner, children: list[Child]) -> tuple[Outcome, dict[str, dict[str, Any]]]:
         """Apply what changed and delete what is off, all or nothing.
@@ -208,12 +206,15 @@ class Reconciler:
         Children that exist are validated by a server-side dry run before anything is written, so an
         invalid update changes nothing. New children skip the dry run (it would double the writes of
         every creation): they are applied Deployment first, and if a later one is refused, the ones
-        this pass created are deleted again. Raises ChildRejected after rolling back.
+        this pass created are deleted again.
         """
         changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
-        for body in changed:
-            if self.kube.knows(body):
-                self.kube.apply(body, dry_run=True)
+        try:
+            for body in changed:
+                if self.kube.knows(body):
+                    self.kube.apply(body, dry_run=True)
+        except ChildRejected as err:
+            raise _Refusal(Failure("InvalidSpec", str(err))) from err
         outcome = Outcome(status=NIMServiceStatus())
         live: dict[str, dict[str, Any]] = {}
         created: list[dict[str, Any]] = []
@@ -224,10 +225,10 @@ class Reconciler:
                 outcome.applied.append(f"{body['kind']}/{body['metadata']['name']}")
                 if was_created:
                     created.append(body)
-        except ChildRejected:
+        except ChildRejected as err:
             for body in created:
                 self.kube.delete(body["apiVersion"], body["kind"], owner.namespace, body["metadata"]["name"])
-            raise
+            raise _Refusal(Failure("InvalidSpec", str(err))) from err
         for child in children:
             if child.body is None and self.kube.delete_owned(
                 child.api_version, child.kind, owner.namespace, child.name, owner.uid
