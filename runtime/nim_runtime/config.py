@@ -23,6 +23,10 @@ DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: Largest request body accepted; larger ones get 413 before they are parsed.
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Inference requests admitted at once (running in the engine or waiting in its queue); more get 429.
+#: Far above any engine batch (vLLM's default is 256 sequences on a GPU, 128 on the CPU), so the engine
+#: always has a full queue to draw from, yet a flood cannot grow the queue (and memory) without bound.
+DEFAULT_MAX_QUEUED_REQUESTS = 512
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -52,6 +56,8 @@ class RuntimeConfig:
     api_key: str | None = None
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Inference requests admitted at once; 0 means no limit.
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     #: A read-only cache prepared at image build time, tried when cache_path lacks a converted model.
     prepared_cache: Path | None = None
 
@@ -85,6 +91,7 @@ class RuntimeConfig:
             api_key=get("NIM_API_KEY"),
             drain_timeout=_float(env, "NIM_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
             max_request_bytes=_int(env, "NIM_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, low=1024),
+            max_queued_requests=_int(env, "NIM_MAX_QUEUED_REQUESTS", DEFAULT_MAX_QUEUED_REQUESTS, low=0),
             prepared_cache=Path(p) if (p := get("NIM_PREPARED_CACHE")) else None,
         )
 
@@ -151,6 +158,10 @@ def engine_environment(config: RuntimeConfig, *, cpu: bool, cpu_count: int) -> d
         "VLLM_CACHE_ROOT": str(config.cache_path / "vllm"),
         "HF_HOME": str(config.cache_path / "huggingface"),
         "TOKENIZERS_PARALLELISM": "false",
+        # With strict tool calling, vLLM answers a named tool_choice through the parser's own call format
+        # (hermes tags), which small models do not produce; off, it decodes the call's arguments under the
+        # tool's JSON schema, so they always parse.
+        "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0",
     }
     if cpu:
         wanted |= {

@@ -14,15 +14,6 @@ from nim_runtime.config import DEFAULT_MODEL_NAME, RuntimeConfig
 from nim_runtime.profiles import ModelManifest, Profile, find_manifest, load_catalog, select_local_profile
 from nim_runtime.sources import custom_manifest, resolve_source
 
-#: vLLM's tool-call parser per catalog model; others get DEFAULT_TOOL_PARSER. vLLM needs one even for a
-#: named tool_choice (which it answers with structured output). Hermes needs no special tokens, so it is
-#: a safe default. TODO: move into the manifest once it has a field for it.
-TOOL_PARSERS = {
-    "meta/llama-3.1-8b-instruct": "llama3_json",
-    "meta/llama-3.1-70b-instruct": "llama3_json",
-}
-DEFAULT_TOOL_PARSER = "hermes"
-
 
 class PlanError(ValueError):
     """The configuration names something that does not exist; the message lists what does."""
@@ -82,9 +73,9 @@ def engine_argv(plan: ServingPlan, config: RuntimeConfig, model_dir: Path) -> li
     ]  # fmt: skip
     if plan.manifest.task == "embedding":
         argv += ["--runner", "pooling"]
-    else:
-        parser = TOOL_PARSERS.get(plan.manifest.name, DEFAULT_TOOL_PARSER)
-        argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    elif plan.manifest.tool_parser:
+        # vLLM wants a parser even for a named tool_choice (see VLLM_ENFORCE_STRICT_TOOL_CALLING in config).
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", plan.manifest.tool_parser]
     if plan.on_cpu:
         # Compiled mode costs 100+ s of start-up on the CPU for ~20% more throughput.
         argv += ["--enforce-eager"]

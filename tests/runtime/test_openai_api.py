@@ -57,7 +57,6 @@ def test_streamed_chat_arrives_in_chunks(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.xfail(reason="vLLM 0.32 leaves named-tool arguments unconstrained with the hermes parser", strict=False)
 def test_named_tool_choice_returns_valid_arguments(client: openai.OpenAI) -> None:
     tool = {
         "type": "function",

@@ -77,6 +77,10 @@ class ModelManifest(BaseModel):
     max_model_len: int = Field(ge=1)
     license: str
     license_url: str | None = None
+    tool_parser: str | None = Field(
+        default="hermes",
+        description="vLLM tool-call parser for this model's chat template; none for embedding models.",
+    )
     images: tuple[str, ...] = Field(
         default=(), description="Image repositories that serve exactly this model (for the operator)."
     )
