@@ -199,6 +199,7 @@ def main() -> int:
             str(KUBECONFIG),
             "apply",
             "--server-side",
+            "--force-conflicts",
             "-f",
             str(REPO / "crds"),
         ],

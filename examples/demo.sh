@@ -21,7 +21,7 @@ tests/cluster/up.sh
 "${KUBECTL[@]}" get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
 
 step "CRD and operator"
-"${KUBECTL[@]}" apply --server-side -f crds/
+"${KUBECTL[@]}" apply --server-side --force-conflicts -f crds/
 "${KUBECTL[@]}" wait --for condition=established crd/nimservices.apps.nimoperator.dev --timeout=60s
 .venv/bin/nim-operator run --standalone --liveness http://127.0.0.1:18080/healthz >"$LOGS/operator.log" 2>&1 &
 pids+=($!)
