@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, watch
 
+from tests.conftest import REPO
 from tests.operator.conftest import NIM, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -196,3 +198,12 @@ def test_scale_subresource_drives_replicas(nim: NIM) -> None:
     )
     assert scale["status"]["replicas"] == 3
     assert "app.kubernetes.io/name=scaled" in scale["status"]["selector"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_examples_reconcile_to_ready(nim: NIM, example: str) -> None:
+    """The demo's manifests, as users copy them: accepted, placed, Ready."""
+    body = yaml.safe_load((REPO / "examples" / example).read_text())
+    nim.create(body["metadata"]["name"], body["spec"])
+    status = nim.wait_state(body["metadata"]["name"], "Ready", timeout=90)
+    assert status["profile"]["id"]
