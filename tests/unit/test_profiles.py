@@ -128,7 +128,10 @@ def test_previous_decision_sticks_while_feasible() -> None:
     assert LLAMA_8B is not None
     kept = select_profile(LLAMA_8B, CLUSTER, previous="vllm-fp8-tp1-l40s")
     assert kept.profile.id == "vllm-fp8-tp1-l40s"
-    assert kept.reason.startswith("kept the earlier decision")
+    assert "kept the earlier decision" in kept.reason
+    assert "vllm-fp8-tp1-h100 would rank first" in kept.reason
+    # Keeping the best profile reads exactly like choosing it afresh.
+    assert select_profile(LLAMA_8B, CLUSTER, previous="vllm-fp8-tp1-h100") == select_profile(LLAMA_8B, CLUSTER)
     no_l40s = [n for n in CLUSTER if not n.name.startswith("l40s")]
     assert select_profile(LLAMA_8B, no_l40s, previous="vllm-fp8-tp1-l40s").profile.id == "vllm-fp8-tp1-h100"
 

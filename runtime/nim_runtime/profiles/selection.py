@@ -191,15 +191,19 @@ def select_profile(
             rejected.append(Rejection(profile.id, f"feasible, ranked below {chosen.id}"))
 
     products = _products(able) or (selector.gpu_products if chosen.device == "gpu" else ())
-    if kept is not None:
-        reason = f"kept the earlier decision {chosen.id}: still runnable on {len(able)} node(s)"
+    where = ", ".join(products) if products else "nodes without GPUs"
+    best = feasible[0][0]
+    if kept is not None and chosen.id != best.id:
+        reason = (
+            f"{chosen.id}: kept the earlier decision while it stays runnable on {len(able)} node(s) ({where}), "
+            f"so the service does not move; {best.id} would rank first for a new one"
+        )
     elif not able:
         reason = (
             f"{chosen.id}: no node can run it yet; pinned to {', '.join(products)} by profileSelector.gpus, "
             "so pods wait for the cluster autoscaler"
         )
     else:
-        where = ", ".join(products) if products else "nodes without GPUs"
         reason = (
             f"{chosen.id}: runnable on {len(able)} node(s) ({where}); best of {len(feasible)} feasible "
             "(hardware-specific, then lower precision, then fewer GPUs per replica)"
