@@ -89,10 +89,13 @@ def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
     service = _services.get((body.metadata.namespace or "", owner["name"]))
     if service is None or service["metadata"].get("uid") != owner.get("uid"):
         return
+    key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
-        reconciler.kube.forget("apps/v1", "Deployment", body.metadata.namespace or "", body.metadata.name or "")
+        reconciler.deployments.pop(key, None)
+        reconciler.kube.forget("apps/v1", "Deployment", *key)
         reconciler.reconcile(service)
     else:
+        reconciler.deployments[key] = deployment
         reconciler.kube.observe(deployment)
         reconciler.reconcile(service, deployment=deployment)
 

@@ -112,6 +112,8 @@ class Reconciler:
         # own last write; comparing against it would repeat writes and miss a refusal just reported.
         self._written: dict[str, NIMServiceStatus] = {}
         self._guard = threading.Lock()
+        # The newest Deployment each watch event delivered, by (namespace, name): status needs no GET.
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -156,7 +158,7 @@ class Reconciler:
             outcome, applied = self._apply_children(owner, render_children(owner, spec, placement))
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
-        deployment = applied.get("Deployment", deployment)
+        deployment = applied.get("Deployment") or deployment or self.deployments.get((owner.namespace, owner.name))
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
         outcome.status = compute_status(
