@@ -207,6 +207,7 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
     )
     api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    load_before = os.getloadavg()[0]
     peer = run_peer(api, args.count)
     ours = run_operator(api, args.count)
     rows = [
@@ -233,11 +234,13 @@ def main() -> int:
                 "peer": peer,
                 "ratio": ratio,
                 "machine": f"{os.cpu_count()} cores",
+                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "when": time.strftime("%Y-%m-%d"),
             },
             indent=2,
         )
     )
+    print(f"load average (1 min) at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"headline: time to all Ready, operator / direct apply = {ratio:.2f} (target: all Ready < 60 s)")
     return 0
 
