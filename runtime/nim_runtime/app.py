@@ -6,6 +6,9 @@ while the app already answers health probes.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 from fastapi import FastAPI
 
 from nim_runtime.context import RuntimeContext
@@ -32,5 +35,46 @@ def create_app(ctx: RuntimeContext) -> FastAPI:
         metrics=ctx.metrics,
         api_key=ctx.config.api_key,
         max_request_bytes=ctx.config.max_request_bytes,
+        max_queued_requests=ctx.config.max_queued_requests,
     )
+    _describe_request_bodies(app, ctx)
     return app
+
+
+def _describe_request_bodies(app: FastAPI, ctx: RuntimeContext) -> None:
+    """Serve ``/openapi.json`` with vLLM's request schemas once the engine has loaded.
+
+    FastAPI caches the first schema it builds; before the engine is up that one has no request bodies, so
+    it is not cached until the engine can contribute its schemas.
+    """
+    plain = app.openapi
+    complete: dict[str, Any] | None = None
+
+    def openapi() -> dict[str, Any]:
+        nonlocal complete
+        if complete is not None:
+            return complete
+        base = plain()
+        app.openapi_schema = None  # let FastAPI rebuild until the engine is there
+        if ctx.engine is None:
+            return base
+        bodies, definitions = ctx.engine.request_schemas()
+        complete = with_request_bodies(base, bodies, definitions)
+        return complete
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def with_request_bodies(
+    schema: dict[str, Any], bodies: dict[str, dict[str, Any]], definitions: dict[str, Any]
+) -> dict[str, Any]:
+    """A copy of an OpenAPI document whose POST operations on ``bodies``' paths take those JSON bodies."""
+    result = copy.deepcopy(schema)
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in definitions.items():
+        components.setdefault(name, definition)
+    for path, body in bodies.items():
+        operation = result.get("paths", {}).get(path, {}).get("post")
+        if operation is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return result

@@ -44,6 +44,8 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 4xx saying what is wrong with it.
 
     The size is checked again here because a chunked body has no Content-Length for the middleware.
+    ``NaN`` and ``Infinity`` are refused: Python's parser accepts them, but they are not JSON, and a NaN
+    passes every range check vLLM makes (all comparisons with it are false).
     """
     limit = runtime(request).config.max_request_bytes
     chunks: list[bytes] = []
@@ -57,9 +59,13 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         raise ApiError(400, "The request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"The request body must be a JSON object, not a {type(body).__name__}")
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ApiError(400, f"The request body is not valid JSON: {name} is not a JSON number; send a finite number")

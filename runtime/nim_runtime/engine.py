@@ -21,6 +21,7 @@ from typing import Any
 
 import pydantic
 from fastapi import Request
+from pydantic.json_schema import JsonSchemaMode
 from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -33,6 +34,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
 from vllm.entrypoints.serve.utils.api_utils import listen_for_disconnect
+from vllm.exceptions import VLLMClientError
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -144,6 +146,27 @@ class Engine:
             return request
         return await _call(lambda: self._state.serving_tokenization.create_detokenize(request, raw), raw)
 
+    def request_schemas(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """JSON schemas of the request bodies vLLM validates, per route, and their shared definitions.
+
+        The routes read their bodies themselves (for our 400s), so FastAPI cannot see these; without them
+        ``/openapi.json`` would describe every inference route as body-less, useless to clients and to
+        schema-driven fuzzing. Routes the loaded model does not serve are left out. References point into
+        ``#/components/schemas``.
+        """
+        adapters = {"/tokenize": _tokenize_request, "/detokenize": _detokenize_request}
+        if self.supports_chat:
+            adapters |= {"/v1/chat/completions": _chat_request}
+        if getattr(self._state, "openai_serving_completion", None) is not None:
+            adapters |= {"/v1/completions": _completion_request}
+        if self.supports_embeddings:
+            adapters |= {"/v1/embeddings": _embedding_request}
+        inputs: list[tuple[str, JsonSchemaMode, pydantic.TypeAdapter[Any]]] = [
+            (route, "validation", adapter) for route, adapter in adapters.items()
+        ]
+        schemas, definitions = pydantic.TypeAdapter.json_schemas(inputs, ref_template="#/components/schemas/{model}")
+        return {route: schemas[(route, "validation")] for route in adapters}, definitions.get("$defs", {})
+
     async def model_cards(self) -> list[dict[str, Any]]:
         """vLLM's model list entries (id, max_model_len, root, parent, permission) as JSON."""
         models = await self._state.openai_serving_models.show_available_models()
@@ -168,9 +191,15 @@ def _parse(adapter: pydantic.TypeAdapter[Any], body: dict[str, Any]) -> Any:
     except pydantic.ValidationError as exc:
         message, param = describe_validation_errors(exc.errors(include_input=False))
         return error_response(400, message, param=param)
-    except (ValueError, TypeError) as exc:  # vLLM's validators sometimes raise their own errors directly
+    except (ValueError, VLLMClientError) as exc:
+        # vLLM's model validators raise their own errors, and VLLMValidationError (e.g. tool_choice without
+        # tools) is no ValueError, so pydantic lets it through unwrapped: found by fuzzing, was a 500.
         err = create_error_response(exc)
         return error_response(err.error.code, err.error.message, param=err.error.param)
+    except (TypeError, AttributeError, KeyError) as exc:
+        # A "before" validator reading a field of the wrong type (``structured_outputs: true`` makes one
+        # call ``.get`` on a bool): the body is at fault, not the server. Found by fuzzing, was a 500.
+        return error_response(400, f"Invalid request: a field has the wrong type ({type(exc).__name__}: {exc})")
 
 
 def _unsupported(api: str, model: str) -> Response:

@@ -2,7 +2,9 @@
 
 Health endpoints read the phase without touching the engine, so they answer in microseconds even when
 the engine is saturated. Drain waits on the in-flight count, which the middleware keeps for the whole
-life of a response (a stream counts until its last byte is sent).
+life of a response (a stream counts until its last byte is sent). The same count bounds admission:
+beyond ``NIM_MAX_QUEUED_REQUESTS`` a request is refused before it reaches the engine, whose own queue
+has no bound.
 """
 
 from __future__ import annotations
@@ -70,6 +72,17 @@ class Lifecycle:
         self._in_flight += 1
         self._idle.clear()
 
+    def try_request_started(self, limit: int) -> bool:
+        """Count a request in unless ``limit`` requests are already in flight (0: no limit).
+
+        Check and increment happen without an ``await`` in between, so on the one event loop two
+        requests can never both take the last slot.
+        """
+        if not admits(self._in_flight, limit):
+            return False
+        self.request_started()
+        return True
+
     def request_finished(self) -> None:
         self._in_flight -= 1
         if self._in_flight <= 0:
@@ -83,3 +96,8 @@ class Lifecycle:
         except TimeoutError:
             return False
         return True
+
+
+def admits(in_flight: int, limit: int) -> bool:
+    """Whether one more request fits beside ``in_flight`` others under ``limit`` (0 or less: unbounded)."""
+    return limit <= 0 or in_flight < limit

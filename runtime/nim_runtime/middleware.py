@@ -1,7 +1,8 @@
-"""One ASGI middleware in front of every route: metrics, the API key, body size, drain and in-flight.
+"""One ASGI middleware in front of every route: metrics, the API key, body size, drain and admission.
 
 It is plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` so streamed responses pass through
-untouched and "in flight" lasts until the last byte of a stream is sent: that is what a drain waits for.
+untouched and "in flight" lasts until the last byte of a stream is sent: that is what a drain waits for,
+and what the admission limit counts (vLLM queues whatever it is given, without bound).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from nim_runtime.auth import bearer_matches, is_protected
 from nim_runtime.errors import error_body
 from nim_runtime.lifecycle import Lifecycle, Phase
 from nim_runtime.metrics import RuntimeMetrics
+
+#: Seconds a client refused for a full queue is told to wait: one engine step frees slots on the CPU,
+#: and the OpenAI SDK honours the header on its automatic retries.
+QUEUE_FULL_RETRY_AFTER = "1"
 
 #: Routes reported under their own label; anything else is "other" (keeps label cardinality bounded).
 KNOWN_ROUTES = frozenset({
@@ -34,12 +39,14 @@ class Gatekeeper:
         metrics: RuntimeMetrics,
         api_key: str | None,
         max_request_bytes: int,
+        max_queued_requests: int = 0,
     ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.api_key = api_key
         self.max_request_bytes = max_request_bytes
+        self.max_queued_requests = max_queued_requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +73,14 @@ class Gatekeeper:
             if not inference:
                 await self.app(scope, receive, send_and_record)
                 return
-            self.lifecycle.request_started()
+            if not self.lifecycle.try_request_started(self.max_queued_requests):
+                status = 429
+                message = (
+                    f"The server is busy: {self.max_queued_requests} requests are already in flight "
+                    "(NIM_MAX_QUEUED_REQUESTS); retry after the time in Retry-After"
+                )
+                await _send_json(send, status, error_body(status, message), {"retry-after": QUEUE_FULL_RETRY_AFTER})
+                return
             self.metrics.in_flight.inc()
             try:
                 await self.app(scope, receive, send_and_record)
@@ -77,9 +91,7 @@ class Gatekeeper:
             route = path if path in KNOWN_ROUTES else "other"
             self.metrics.observe(route, method, status, time.perf_counter() - started)
 
-    def _refusal(
-        self, scope: Scope, path: str, inference: bool
-    ) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    def _refusal(self, scope: Scope, path: str, inference: bool) -> tuple[int, dict[str, Any], dict[str, str]] | None:
         """Why this request is answered here without reaching a route, or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if (

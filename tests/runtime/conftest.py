@@ -78,6 +78,12 @@ class Server:
         return self.proc.returncode
 
 
+def metric(server: Server, name: str) -> float:
+    """The sum of a metric's samples across label sets (vLLM labels by model and engine)."""
+    text = httpx.get(f"{server.url}/v1/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
+
+
 def _status(client: httpx.Client, url: str) -> int | None:
     try:
         return client.get(url).status_code
@@ -133,3 +139,35 @@ def tiny_model(runtime_tmp: Path, smollm2: Server) -> Path:
         check=True,
     )
     return target
+
+
+#: The served name of the tiny random Llama.
+TINY = "tiny-llama"
+#: The engine batch and the admission limit of the `tiny_small_batch` server: small, so a handful of
+#: test clients fill both.
+SMALL_BATCH = 2
+SMALL_QUEUE = 6
+
+
+def start_tiny_server(tmp: Path, name: str, model: Path, **env: str) -> Server:
+    """A tiny-model server (starts in seconds) with a 1024-token context; ``env`` adds NIM_* settings."""
+    return start_server(
+        tmp, name, NIM_MODEL_PATH=str(model), NIM_SERVED_MODEL_NAME=TINY, NIM_MAX_MODEL_LEN="1024", **env
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_small_batch(runtime_tmp: Path, tiny_model: Path) -> Iterator[Server]:
+    """A tiny-model server whose engine runs SMALL_BATCH sequences at once and admits SMALL_QUEUE requests.
+
+    Shared by the fuzzing and the pressure tests; neither stops it.
+    """
+    server = start_tiny_server(
+        runtime_tmp, "tiny-small-batch", tiny_model,
+        NIM_PASSTHROUGH_ARGS=f"--max-num-seqs {SMALL_BATCH}", NIM_MAX_QUEUED_REQUESTS=str(SMALL_QUEUE),
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

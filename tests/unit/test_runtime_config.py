@@ -8,6 +8,7 @@ import pytest
 
 from nim_runtime.config import (
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_PORT,
     ConfigError,
     RuntimeConfig,
@@ -22,6 +23,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert config.model_path is None
     assert config.port == DEFAULT_PORT
     assert config.drain_timeout == DEFAULT_DRAIN_TIMEOUT
+    assert config.max_queued_requests == DEFAULT_MAX_QUEUED_REQUESTS > 0
     assert config.passthrough_args == ()
     assert config.api_key is None
     assert not config.jsonl_logging
@@ -58,11 +60,18 @@ def test_empty_values_count_as_unset() -> None:
         ({"NIM_JSONL_LOGGING": "maybe"}, "NIM_JSONL_LOGGING"),
         ({"NIM_PASSTHROUGH_ARGS": "--x 'unclosed"}, "NIM_PASSTHROUGH_ARGS"),
         ({"NIM_DRAIN_TIMEOUT": "-1"}, "NIM_DRAIN_TIMEOUT"),
+        ({"NIM_MAX_QUEUED_REQUESTS": "-5"}, "NIM_MAX_QUEUED_REQUESTS"),
+        ({"NIM_MAX_QUEUED_REQUESTS": "many"}, "NIM_MAX_QUEUED_REQUESTS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         RuntimeConfig.from_env(env)
+
+
+def test_queue_limit_zero_means_unbounded() -> None:
+    assert RuntimeConfig.from_env({"NIM_MAX_QUEUED_REQUESTS": "0"}).max_queued_requests == 0
+    assert RuntimeConfig.from_env({"NIM_MAX_QUEUED_REQUESTS": "8"}).max_queued_requests == 8
 
 
 def test_cpu_environment_is_applied_only_where_unset() -> None:

@@ -8,11 +8,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from nim_runtime.app import create_app
+from nim_runtime.app import create_app, with_request_bodies
 from nim_runtime.config import RuntimeConfig
 from nim_runtime.context import RuntimeContext
-from nim_runtime.lifecycle import Lifecycle, Phase
+from nim_runtime.lifecycle import Lifecycle, Phase, admits
 from nim_runtime.metrics import RuntimeMetrics
+from nim_runtime.middleware import QUEUE_FULL_RETRY_AFTER
 from nim_runtime.plan import make_plan
 
 
@@ -64,3 +65,56 @@ async def test_probes_while_loading_and_draining(ctx: RuntimeContext) -> None:
         metrics = (await client.get("/v1/metrics")).text
         assert 'nim_runtime_requests_total{method="POST",route="/v1/chat/completions",status="503"} 1.0' in metrics
         assert (await client.get("/v1/manifest")).json()["name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "limit", "admitted"),
+    [(0, 0, True), (10_000, 0, True), (0, 1, True), (1, 1, False), (3, 4, True), (4, 4, False), (5, 4, False)],
+)
+def test_admission_limit(in_flight: int, limit: int, admitted: bool) -> None:
+    assert admits(in_flight, limit) is admitted
+
+
+def test_a_refused_request_is_not_counted() -> None:
+    lifecycle = Lifecycle()
+    assert lifecycle.try_request_started(2)
+    assert lifecycle.try_request_started(2)
+    assert not lifecycle.try_request_started(2)
+    assert lifecycle.in_flight == 2
+    lifecycle.request_finished()
+    assert lifecycle.try_request_started(2)
+    assert lifecycle.in_flight == 2
+
+
+async def test_a_full_server_answers_429_with_retry_after() -> None:
+    """Requests beyond NIM_MAX_QUEUED_REQUESTS are refused up front; the slots free up as answers finish."""
+    config = RuntimeConfig(profile="vllm-cpu-bf16", max_queued_requests=2)
+    ctx = RuntimeContext(config=config, plan=make_plan(config), metrics=RuntimeMetrics(CollectorRegistry()))
+    ctx.lifecycle.mark_ready()
+    ctx.lifecycle.request_started()
+    ctx.lifecycle.request_started()  # two requests held by the engine
+    transport = httpx.ASGITransport(app=create_app(ctx))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        refused = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == QUEUE_FULL_RETRY_AFTER
+        error = refused.json()["error"]
+        assert error["type"] == "RateLimitError"
+        assert "NIM_MAX_QUEUED_REQUESTS" in error["message"]
+        assert (await client.get("/v1/health/ready")).status_code == 200  # probes are never refused
+        assert ctx.lifecycle.in_flight == 2
+        ctx.lifecycle.request_finished()
+        admitted = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+        assert admitted.status_code == 503  # past the gate; no engine in this test
+        assert ctx.lifecycle.in_flight == 1
+
+
+def test_openapi_gets_request_bodies_without_touching_other_routes() -> None:
+    base = {"paths": {"/tokenize": {"post": {"summary": "t"}}, "/v1/health/live": {"get": {}}}}
+    bodies = {"/tokenize": {"$ref": "#/components/schemas/Tok"}, "/v1/embeddings": {"type": "object"}}
+    result = with_request_bodies(base, bodies, {"Tok": {"type": "object"}})
+    body = result["paths"]["/tokenize"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Tok"}
+    assert result["components"]["schemas"] == {"Tok": {"type": "object"}}
+    assert "/v1/embeddings" not in result["paths"]  # a route the app lacks is not invented
+    assert "requestBody" not in base["paths"]["/tokenize"]["post"]  # the input is left alone

@@ -90,8 +90,10 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
         request["logprobs"] = True
         request["top_logprobs"] = int(body["logprobs"].get("top_k", 1))
     if (fmt := body.get("response_format")) and fmt.get("type") == "json_schema":
-        request["response_format"] = {"type": "json_schema",
-                                      "json_schema": {"name": "response", "schema": fmt.get("json_schema")}}
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": fmt.get("json_schema")},
+        }
     return request
 
 
@@ -121,14 +123,18 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
         schema = {
             "type": "object",
             "properties": {
-                p: {"type": _JSON_TYPES.get(d.get("param_type", "string"), "string"),
-                    "description": d.get("description", "")}
+                p: {
+                    "type": _JSON_TYPES.get(d.get("param_type", "string"), "string"),
+                    "description": d.get("description", ""),
+                }
                 for p, d in params.items()
             },
             "required": [p for p, d in params.items() if d.get("required", True)],
         }
-    return {"type": "function",
-            "function": {"name": name, "description": tool.get("description", ""), "parameters": schema}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": tool.get("description", ""), "parameters": schema},
+    }
 
 
 _JSON_TYPES = {"str": "string", "string": "string", "int": "integer", "integer": "integer",
@@ -194,7 +200,12 @@ async def _stream_events(chunks: AsyncIterable[Any]) -> AsyncIterator[str]:
 async def chat_completion(request: Request) -> Response:
     body = await read_json_object(request)
     engine = require_engine(request)
-    openai_request = to_openai_request(body)
+    try:
+        openai_request = to_openai_request(body)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        # The translation reads client JSON only, so a wrong shape deep inside (sampling_params as a
+        # string, a tool as a number) is the client's error, not ours (each such case was a 500).
+        raise ApiError(400, f"Invalid Llama Stack chat_completion request: {type(exc).__name__}: {exc}") from None
     manifest = runtime(request).plan.manifest
     check_chat_images(openai_request["messages"], multimodal=manifest.multimodal, model=openai_request["model"])
     response = await engine.chat(openai_request, request)
@@ -205,5 +216,40 @@ async def chat_completion(request: Request) -> Response:
     return JSONResponse(from_openai_response(json.loads(bytes(response.body))))
 
 
-router.add_api_route("/inference/chat_completion", chat_completion, methods=["POST"])
-router.add_api_route("/ls/inference/chat_completion", chat_completion, methods=["POST"])
+#: The request body as OpenAPI shows it: the common fields, loosely (the translation checks the rest).
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_id", "messages"],
+    "properties": {
+        "model_id": {"type": "string"},
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "user", "assistant", "tool", "ipython"]},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {}}, {"type": "object"}]},
+                    "call_id": {"type": "string"},
+                },
+            },
+        },
+        "sampling_params": {
+            "type": "object",
+            "properties": {
+                "max_tokens": {"type": "integer"},
+                "repetition_penalty": {"type": "number"},
+                "strategy": {"type": "object", "properties": {"type": {"enum": ["greedy", "top_p", "top_k"]}}},
+            },
+        },
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "string"},
+        "logprobs": {"type": "object", "properties": {"top_k": {"type": "integer"}}},
+        "response_format": {"type": "object"},
+        "stream": {"type": "boolean"},
+    },
+}
+_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}}
+
+router.add_api_route("/inference/chat_completion", chat_completion, methods=["POST"], openapi_extra=_OPENAPI)
+router.add_api_route("/ls/inference/chat_completion", chat_completion, methods=["POST"], openapi_extra=_OPENAPI)

@@ -26,7 +26,6 @@ async def chat_completions(request: Request) -> Response:
     return await engine.chat(body, request)
 
 
-
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     body = await read_json_object(request)
