@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client, config
 
 from tests.conftest import REPO, Cluster
-from tests.operator.conftest import wait_for
+from tests.operator.conftest import healthy, wait_for
 
 CHART = REPO / "charts" / "nim-operator"
 KUBECTL = REPO / ".venv" / "bin" / "kubectl"
@@ -275,14 +275,6 @@ class OperatorProcess:
             return body.decode()
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @contextmanager
 def operator_as(kubeconfig: Path, chart_args: Sequence[str], log: Path, *, pod_id: str) -> Iterator[OperatorProcess]:
     """Run ``python -m nim_operator`` with the chart's arguments and the given (ServiceAccount) kubeconfig.
@@ -299,7 +291,7 @@ def operator_as(kubeconfig: Path, chart_args: Sequence[str], log: Path, *, pod_i
             [sys.executable, "-m", "nim_operator", *args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO
         )
     try:
-        wait_for(lambda: proc.poll() is not None or _healthy(health), timeout=60, what="the operator's /healthz")
+        wait_for(lambda: proc.poll() is not None or healthy(health), timeout=60, what="the operator's /healthz")
         if proc.poll() is not None:
             pytest.fail(f"the operator exited at start:\n{log.read_text()}")
         yield OperatorProcess(proc, log, metrics)

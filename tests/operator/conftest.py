@@ -89,7 +89,7 @@ class OperatorProcess:
                 cwd=REPO,
             )
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or _healthy(port), timeout=60, what="the operator's liveness endpoint")
+        wait_for(lambda: proc.poll() is not None or healthy(port), timeout=60, what="the operator's liveness endpoint")
         if proc.poll() is not None:
             pytest.fail(f"the operator exited at start:\n{self.log.read_text()}")
 
@@ -126,7 +126,8 @@ def _free_port() -> int:
         return port
 
 
-def _healthy(port: int) -> bool:
+def healthy(port: int) -> bool:
+    """Whether kopf's liveness endpoint on this port answers 200."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
             return bool(response.status == 200)
