@@ -7,7 +7,6 @@ saying what to change, before anything heavy is imported.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
@@ -49,13 +48,16 @@ def _serve(config: RuntimeConfig) -> int:
         return 2
     apply_engine_environment(config, cpu=plan.on_cpu)
 
+    import uvloop
+
     from nim_runtime.app import create_app
     from nim_runtime.context import RuntimeContext
     from nim_runtime.metrics import RuntimeMetrics
     from nim_runtime.server import serve
 
     ctx = RuntimeContext(config=config, plan=plan, metrics=RuntimeMetrics())
-    return asyncio.run(serve(ctx, create_app(ctx)))
+    # uvloop, like vLLM's own server: a cheaper event loop leaves more of the CPU to the engine.
+    return uvloop.run(serve(ctx, create_app(ctx)))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: Far above any engine batch (vLLM's default is 256 sequences on a GPU, 128 on the CPU), so the engine
 #: always has a full queue to draw from, yet a flood cannot grow the queue (and memory) without bound.
 DEFAULT_MAX_QUEUED_REQUESTS = 512
+#: How much lower the engine processes' CPU priority is than the API process's (a nice increment).
+#: The API process uses a few percent of the CPU, but answers probes and feeds the engine: when both
+#: want a core, it should win. Measured on 2 cores under 32 streams: /v1/health p99 from 17 ms to 7-10 ms,
+#: and no loss of throughput.
+DEFAULT_ENGINE_NICENESS = 10
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -58,6 +63,8 @@ class RuntimeConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     #: Inference requests admitted at once; 0 means no limit.
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    #: Nice increment of the engine processes relative to the API process; 0 leaves them equal.
+    engine_niceness: int = DEFAULT_ENGINE_NICENESS
     #: A read-only cache prepared at image build time, tried when cache_path lacks a converted model.
     prepared_cache: Path | None = None
 
@@ -92,6 +99,7 @@ class RuntimeConfig:
             drain_timeout=_float(env, "NIM_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
             max_request_bytes=_int(env, "NIM_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, low=1024),
             max_queued_requests=_int(env, "NIM_MAX_QUEUED_REQUESTS", DEFAULT_MAX_QUEUED_REQUESTS, low=0),
+            engine_niceness=_int(env, "NIM_ENGINE_NICENESS", DEFAULT_ENGINE_NICENESS, low=0, high=19),
             prepared_cache=Path(p) if (p := get("NIM_PREPARED_CACHE")) else None,
         )
 

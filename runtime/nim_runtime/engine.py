@@ -40,6 +40,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from nim_runtime.errors import describe_validation_errors, error_response
+from nim_runtime.niceness import run_niced
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,15 @@ class Engine:
         self.served_names: list[str] = list(args.served_model_name or [args.model])
 
     @classmethod
-    async def start(cls, args: Namespace) -> Engine:
-        """Start the engine core (a child process) and build the serving objects; takes seconds."""
+    async def start(cls, args: Namespace, *, niceness: int = 0) -> Engine:
+        """Start the engine core (a child process) and build the serving objects; takes seconds.
+
+        The engine processes run ``niceness`` below this process's CPU priority (see
+        :mod:`nim_runtime.niceness`).
+        """
         # Building the config and starting the engine core block for seconds: off the event loop, so
         # health probes keep answering. AsyncLLM starts its output handler lazily when built off-loop.
-        client = await asyncio.to_thread(_create_client, args)
+        client = await run_niced(lambda: _create_client(args), niceness)
         try:
             tasks = await client.get_supported_tasks()
             state = State()

@@ -8,6 +8,7 @@ import pytest
 
 from nim_runtime.config import (
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_ENGINE_NICENESS,
     DEFAULT_MAX_QUEUED_REQUESTS,
     DEFAULT_PORT,
     ConfigError,
@@ -24,6 +25,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert config.port == DEFAULT_PORT
     assert config.drain_timeout == DEFAULT_DRAIN_TIMEOUT
     assert config.max_queued_requests == DEFAULT_MAX_QUEUED_REQUESTS > 0
+    assert config.engine_niceness == DEFAULT_ENGINE_NICENESS > 0
     assert config.passthrough_args == ()
     assert config.api_key is None
     assert not config.jsonl_logging
@@ -34,7 +36,7 @@ def test_values_are_parsed() -> None:
         "NIM_MODEL_NAME": "meta/llama-3.1-8b-instruct", "NIM_SERVER_PORT": "9000", "NIM_CACHE_PATH": "/models",
         "NIM_MAX_MODEL_LEN": "4096", "NIM_LOG_LEVEL": "debug", "NIM_JSONL_LOGGING": "true",
         "NIM_PASSTHROUGH_ARGS": "--max-num-seqs 8 --chat-template '/a b/t.jinja'", "NIM_API_KEY": "k",
-        "NIM_DRAIN_TIMEOUT": "2.5",
+        "NIM_DRAIN_TIMEOUT": "2.5", "NIM_ENGINE_NICENESS": "0",
     })  # fmt: skip
     assert config.port == 9000
     assert config.cache_path == Path("/models")
@@ -44,6 +46,7 @@ def test_values_are_parsed() -> None:
     assert config.passthrough_args == ("--max-num-seqs", "8", "--chat-template", "/a b/t.jinja")
     assert config.api_key == "k"
     assert config.drain_timeout == 2.5
+    assert config.engine_niceness == 0
 
 
 def test_empty_values_count_as_unset() -> None:
@@ -62,6 +65,8 @@ def test_empty_values_count_as_unset() -> None:
         ({"NIM_DRAIN_TIMEOUT": "-1"}, "NIM_DRAIN_TIMEOUT"),
         ({"NIM_MAX_QUEUED_REQUESTS": "-5"}, "NIM_MAX_QUEUED_REQUESTS"),
         ({"NIM_MAX_QUEUED_REQUESTS": "many"}, "NIM_MAX_QUEUED_REQUESTS"),
+        ({"NIM_ENGINE_NICENESS": "20"}, "NIM_ENGINE_NICENESS"),
+        ({"NIM_ENGINE_NICENESS": "-1"}, "NIM_ENGINE_NICENESS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
