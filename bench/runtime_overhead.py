@@ -13,10 +13,15 @@ What is measured, and why:
 - **CPU per output token** of the front-end process and of the engine core, and how many cores other
   processes used meanwhile: that says where time goes, and how noisy the machine was.
 
-Only one server runs at a time (2 cores), so servers alternate by phases: ours, vLLM, ours, vLLM...,
-each phase running every cell once after a short warm-up. Throughput is the mean over rounds; latency
-percentiles pool the rounds. The headline is the geometric mean over the cells of our tokens/s over
-vLLM's. Results go to ``bench/results/runtime.json``; the last line printed is the headline.
+Only one server runs at a time (2 cores). Each is started once, alone (its start-up is timed), warmed up
+and then paused with SIGSTOP: a paused server holds its memory but takes no CPU. Rounds then resume one
+server, run every cell and the health probe, and pause it again, in the order ours, vLLM, vLLM, ours, ...
+so that a drift of the machine during the run does not favour one side. Rounds are cheap (no restart),
+so there are enough of them to see the noise: each cell's ratio is also reported per round (the two
+servers' phases of a round run back to back). Throughput is the mean over rounds; latency percentiles
+pool the rounds. The headline is the geometric mean over the cells of our tokens/s over vLLM's, with the
+same figure per round beside it. Results go to ``bench/results/runtime.json``; the last line printed is
+the headline.
 
 Usage: .venv/bin/python bench/runtime_overhead.py [--quick] [--rounds N]   (make bench-runtime)
 """
@@ -31,6 +36,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "runtime"))
 
 from loadgen import Api, CellResult, run_for, run_requests  # noqa: E402
-from servers import Comparison, ServerProcess, ServerSpec, make_comparison  # noqa: E402
+from servers import Comparison, ServerProcess, make_comparison  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "runtime.json"
 APIS: tuple[Api, ...] = ("chat", "completions")
@@ -64,11 +70,11 @@ class Settings:
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(rounds=2, max_tokens=64, requests={1: 3, 8: 16, 32: 32}, health_seconds=10.0)
+        return cls(rounds=4, max_tokens=64, requests={1: 3, 8: 16, 32: 64}, health_seconds=10.0)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rounds=1, max_tokens=16, requests={1: 2, 8: 8, 32: 32}, health_seconds=4.0)
+        return cls(rounds=2, max_tokens=16, requests={1: 2, 8: 8, 32: 32}, health_seconds=4.0)
 
 
 def cell_name(api: Api, concurrency: int) -> str:
@@ -157,10 +163,25 @@ async def measure_health(server: ServerProcess, settings: Settings, model: str) 
     return {"latencies": probed["latencies"], "failures": probed["failures"], "load": cell}
 
 
-async def measure_phase(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
-    """Warm up, then every cell once, then health under load."""
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """One server's share of a round: every cell, and the health probe under load."""
+
+    server: str
+    round: int
+    load: tuple[float, float]
+    cells: dict[str, dict[str, Any]]
+    health: dict[str, Any]
+
+
+async def warm_up(server: ServerProcess, model: str) -> None:
     for api in APIS:
         await run_requests(server.base_url, api=api, model=model, concurrency=4, requests=4, max_tokens=8)
+
+
+async def measure_phase(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
+    """Every cell once, then health under load."""
+    await warm_up(server, model)  # the first requests after a pause pay for page faults and cold caches
     cells = {}
     for api in APIS:
         for concurrency in settings.requests:
@@ -168,32 +189,52 @@ async def measure_phase(server: ServerProcess, settings: Settings, model: str) -
     return {"cells": cells, "health": await measure_health(server, settings, model)}
 
 
-def run_phase(spec: ServerSpec, settings: Settings, model: str, log_dir: Path, label: str) -> dict[str, Any]:
-    load_before = os.getloadavg()
-    server = ServerProcess(spec, log_dir / f"{label}.log")
+def run_rounds(comparison: Comparison, settings: Settings, log_dir: Path) -> tuple[dict[str, float], list[Phase]]:
+    """Start both servers one after the other, then alternate them round by round; always stops both."""
+    model = comparison.served_name
+    servers: dict[str, ServerProcess] = {}
+    startup: dict[str, float] = {}
+    phases: list[Phase] = []
     try:
-        startup = server.wait_ready()
-        print(f"  {label}: ready after {startup:.1f} s (load {load_before[0]:.2f})", flush=True)
-        result = asyncio.run(measure_phase(server, settings, model))
+        for spec in (comparison.ours, comparison.peer):
+            load = os.getloadavg()[0]
+            server = servers[spec.name] = ServerProcess(spec, log_dir / f"{spec.name}.log")
+            startup[spec.name] = server.wait_ready()
+            print(f"  {spec.name}: ready after {startup[spec.name]:.1f} s (load {load:.2f})", flush=True)
+            asyncio.run(warm_up(server, model))
+            server.pause()
+        for round_index in range(settings.rounds):
+            order = ("ours", "vllm") if round_index % 2 == 0 else ("vllm", "ours")
+            for name in order:
+                server = servers[name]
+                load_before = os.getloadavg()
+                server.resume()
+                try:
+                    result = asyncio.run(measure_phase(server, settings, model))
+                finally:
+                    server.pause()
+                phases.append(
+                    Phase(server=name, round=round_index, load=(load_before[0], os.getloadavg()[0]), **result)
+                )
+                print(f"  round {round_index + 1} {name}: done (load {os.getloadavg()[0]:.2f})", flush=True)
     finally:
-        server.stop()
-    return {
-        "server": spec.name,
-        "startup_s": startup,
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
-        **result,
-    }
+        for server in servers.values():
+            server.stop()
+    return startup, phases
 
 
-def summarize(phases: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    """Per server and cell: mean tokens/s over rounds, pooled latency percentiles, CPU per token."""
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summarize(startup: dict[str, float], phases: list[Phase], names: list[str]) -> dict[str, Any]:
+    """Per server and cell: mean tokens/s over rounds, pooled latency percentiles, CPU per token; the ratios."""
     summary: dict[str, Any] = {}
     for server in ("ours", "vllm"):
-        mine = [p for p in phases if p["server"] == server]
+        mine = sorted((p for p in phases if p.server == server), key=lambda p: p.round)
         cells: dict[str, Any] = {}
         for name in names:
-            runs = [p["cells"][name] for p in mine]
+            runs = [p.cells[name] for p in mine]
             results: list[CellResult] = [r["cell"] for r in runs]
             tokens = sum(c.output_tokens for c in results) or 1
             ttfts = [t for c in results for t in c.ttfts]
@@ -209,26 +250,36 @@ def summarize(phases: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                 "errors": [e for c in results for e in c.errors][:5],
             }
         health: dict[str, Any] = {}
-        for path in mine[0]["health"]["latencies"]:
-            samples = [s for p in mine for s in p["health"]["latencies"][path]]
+        for path in mine[0].health["latencies"]:
+            samples = [s for p in mine for s in p.health["latencies"][path]]
             health[path] = {
                 **_ms_percentiles(samples),
                 "probes": len(samples),
-                "failures": sum(p["health"]["failures"][path] for p in mine),
+                "failures": sum(p.health["failures"][path] for p in mine),
             }
-        health_load = [p["health"]["load"] for p in mine]
+        health_load = [p.health["load"] for p in mine]
         summary[server] = {
-            "startup_s": [p["startup_s"] for p in mine],
+            "startup_s": startup[server],
             "cells": cells,
             "health": health,
             "health_load_tokens_per_s": sum(c.tokens_per_second for c in health_load) / len(health_load),
-            "load_average": [[p["load_before"][0], p["load_after"][0]] for p in mine],
+            "load_average": [list(p.load) for p in mine],
         }
-    ratios = {
-        n: summary["ours"]["cells"][n]["tokens_per_s"] / summary["vllm"]["cells"][n]["tokens_per_s"] for n in names
+    ours, peer = summary["ours"]["cells"], summary["vllm"]["cells"]
+    summary["ratios"] = {n: ours[n]["tokens_per_s"] / peer[n]["tokens_per_s"] for n in names}
+    # A round's two phases run back to back, so their ratio is the paired comparison the noise spares most.
+    summary["ratios_by_round"] = {
+        n: [a / b for a, b in zip(ours[n]["tokens_per_s_rounds"], peer[n]["tokens_per_s_rounds"], strict=True)]
+        for n in names
     }
-    summary["ratios"] = ratios
-    summary["headline"] = math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios))
+    rounds = len(next(iter(summary["ratios_by_round"].values())))
+    summary["headline_by_round"] = [
+        geometric_mean([summary["ratios_by_round"][n][r] for n in names]) for r in range(rounds)
+    ]
+    summary["headline"] = geometric_mean(list(summary["ratios"].values()))
+    # How far the headline could move by chance: the rounds' spread (relative, from log ratios).
+    logs = [math.log(h) for h in summary["headline_by_round"]]
+    summary["headline_relative_stderr"] = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else None
     return summary
 
 
@@ -255,7 +306,7 @@ def print_table(summary: dict[str, Any], names: list[str]) -> None:
         cpu = f"{a['front_cpu_ms_per_token']:.2f} | {b['front_cpu_ms_per_token']:.2f}"
         row = f"{name:<16}{a['tokens_per_s']:>11.1f}{b['tokens_per_s']:>8.1f}{summary['ratios'][name]:>7.3f}  "
         print(row + f"{ttft:<30}{itl:<28}{cpu:<28}")
-        by_round = [x / y for x, y in zip(a["tokens_per_s_rounds"], b["tokens_per_s_rounds"], strict=True)]
+        by_round = summary["ratios_by_round"][name]
         if len(by_round) > 1:
             print(f"  ratio by round: {', '.join(f'{r:.3f}' for r in by_round)}")
         for server, cell in (("ours", a), ("vllm", b)):
@@ -270,9 +321,8 @@ def print_table(summary: dict[str, Any], names: list[str]) -> None:
             )
     print()
     for server in ("ours", "vllm"):
-        startups = ", ".join(f"{s:.1f}" for s in summary[server]["startup_s"])
         loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in summary[server]["load_average"])
-        print(f"start-up s {server:<5}{startups:<20} load average per phase {loads}")
+        print(f"start-up s {server:<5}{summary[server]['startup_s']:<8.1f} load average per phase {loads}")
     other = [summary[s]["cells"][n]["other_cores"] for s in ("ours", "vllm") for n in names]
     print(f"cores used by other processes during cells: mean {sum(other) / len(other):.2f}, max {max(other):.2f}")
 
@@ -292,7 +342,7 @@ def machine_facts() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny request counts, one round (smoke test)")
-    parser.add_argument("--rounds", type=int, help="phases per server (default 2, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, help="phases per server (default 4, 2 with --quick)")
     options = parser.parse_args()
     settings = Settings.quick() if options.quick else Settings.full()
     if options.rounds:
@@ -305,12 +355,8 @@ def main() -> int:
     print(f"engine arguments: {' '.join(comparison.engine_args)}")
     print(f"load average at start {machine['load_average_at_start']}; server logs in {log_dir}", flush=True)
     started = time.perf_counter()
-    phases = []
-    for round_index in range(1, settings.rounds + 1):
-        for spec in (comparison.ours, comparison.peer):
-            label = f"{spec.name}-{round_index}"
-            phases.append(run_phase(spec, settings, comparison.served_name, log_dir, label))
-    summary = summarize(phases, names)
+    startup, phases = run_rounds(comparison, settings, log_dir)
+    summary = summarize(startup, phases, names)
     print_table(summary, names)
     # A smoke run never replaces the published numbers.
     results = log_dir / "runtime.json" if options.quick else RESULTS
@@ -326,7 +372,10 @@ def main() -> int:
     }
     results.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {results} after {document['duration_s'] / 60:.1f} min")
-    cells = f"geometric mean over {len(names)} cells; target 1.00"
+    by_round = ", ".join(f"{h:.3f}" for h in summary["headline_by_round"])
+    stderr = summary["headline_relative_stderr"]
+    spread = "" if stderr is None else f", standard error {100 * stderr:.1f} %"
+    cells = f"geometric mean over {len(names)} cells; by round {by_round}{spread}; target 1.00"
     print(f"headline: our throughput / vLLM's = {summary['headline']:.3f} ({cells})")
     return 0
 

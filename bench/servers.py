@@ -3,7 +3,8 @@
 Both get the engine arguments our runtime computes (:func:`nim_runtime.plan.engine_argv`) and the
 environment it prepares before importing vLLM (:func:`nim_runtime.config.apply_engine_environment`), so
 the only difference left is the HTTP front end: ``nim-runtime`` or vLLM's own OpenAI server. Each
-server runs in its own process group, which is what :meth:`ServerProcess.stop` signals (never a name).
+server runs in its own process group, which is what :meth:`ServerProcess.pause`, ``resume`` and ``stop``
+signal (never a name).
 """
 
 from __future__ import annotations
@@ -120,9 +121,17 @@ class ServerProcess:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.spec.name} not ready after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
 
+    def pause(self) -> None:
+        """Stop the whole process group (SIGSTOP): a paused server takes no CPU from the one measured."""
+        _signal_group(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _signal_group(self.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM the server, wait, then SIGKILL whatever is left of its process group (engine included)."""
         try:
+            self.resume()  # a paused process would not act on SIGTERM
             if self.process.poll() is None:
                 # Like a kubelet: SIGTERM to the server only, which shuts its engine down itself.
                 self.process.send_signal(signal.SIGTERM)
