@@ -341,7 +341,7 @@ def machine_facts() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny request counts, one round (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny request counts, two rounds (smoke test)")
     parser.add_argument("--rounds", type=int, help="phases per server (default 4, 2 with --quick)")
     options = parser.parse_args()
     settings = Settings.quick() if options.quick else Settings.full()
