@@ -8,6 +8,7 @@ and the session only pays for a /readyz check.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,13 @@ CLUSTER_DIR = REPO / "tests" / "cluster"
 STATE = Path(os.environ.get("NIM_CLUSTER_STATE", REPO / ".cache" / "cluster"))
 # A cold start may have to build the binaries first (tens of minutes on two cores).
 UP_TIMEOUT_S = 3600
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on right now (for servers the tests start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -89,15 +89,11 @@ def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
     service = _services.get((body.metadata.namespace or "", owner["name"]))
     if service is None or service["metadata"].get("uid") != owner.get("uid"):
         return
-    key = (body.metadata.namespace or "", body.metadata.name or "")
     if type == "DELETED":
-        reconciler.deployments.pop(key, None)
-        reconciler.kube.forget("apps/v1", "Deployment", *key)
-        reconciler.reconcile(service)
+        reconciler.deployment_gone(body.metadata.namespace or "", body.metadata.name or "")
     else:
-        reconciler.deployments[key] = deployment
-        reconciler.kube.observe(deployment)
-        reconciler.reconcile(service, deployment=deployment)
+        reconciler.deployment_seen(deployment)
+    reconciler.reconcile(service)
 
 
 @kopf.on.event("", "v1", "nodes")

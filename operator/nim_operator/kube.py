@@ -200,8 +200,11 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         metrics.API_READS.labels(kind).inc()
+        return self._get_or_none(resource_path(api_version, kind, namespace, name))
+
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", resource_path(api_version, kind, namespace, name))
+            return self.request("GET", path)
         except client.ApiException as err:
             if err.status == 404:
                 return None
@@ -256,12 +259,9 @@ class Kube:
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         metrics.API_READS.labels("ConfigMap").inc()
-        try:
-            config_map = self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
-        except client.ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        config_map = self._get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+        if config_map is None:
+            return None
         data: dict[str, str] = config_map.get("data") or {}
         return data
 

@@ -113,7 +113,7 @@ class Reconciler:
         self._written: dict[str, NIMServiceStatus] = {}
         self._guard = threading.Lock()
         # The newest Deployment each watch event delivered, by (namespace, name): status needs no GET.
-        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -123,11 +123,21 @@ class Reconciler:
         """Drop what is remembered of a deleted NIMService."""
         self._written.pop(uid, None)
 
-    def reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None = None) -> Outcome:
+    def deployment_seen(self, deployment: dict[str, Any]) -> None:
+        """A Deployment from the watch: status reads it instead of a GET, and the apply cache learns it."""
+        meta = deployment["metadata"]
+        self._deployments[(meta["namespace"], meta["name"])] = deployment
+        self.kube.observe(deployment)
+
+    def deployment_gone(self, namespace: str, name: str) -> None:
+        self._deployments.pop((namespace, name), None)
+        self.kube.forget("apps/v1", "Deployment", namespace, name)
+
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         with self._lock((meta["namespace"], meta["name"])), metrics.RECONCILE_SECONDS.time():
             try:
-                outcome = self._reconcile(body, deployment)
+                outcome = self._reconcile(body)
             except Exception:
                 metrics.RECONCILES.labels("error").inc()
                 raise
@@ -137,7 +147,7 @@ class Reconciler:
         metrics.STATES.set(meta["namespace"], meta["name"], outcome.status.state)
         return outcome
 
-    def _reconcile(self, body: Mapping[str, Any], deployment: dict[str, Any] | None) -> Outcome:
+    def _reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
         owner = Owner(meta["name"], meta["namespace"], meta["uid"])
         generation = int(meta.get("generation") or 0)
@@ -158,7 +168,7 @@ class Reconciler:
             outcome, applied = self._apply_children(owner, render_children(owner, spec, placement))
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
-        deployment = applied.get("Deployment") or deployment or self.deployments.get((owner.namespace, owner.name))
+        deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
         outcome.status = compute_status(

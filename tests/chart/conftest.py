@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, free_port
 from tests.operator.conftest import healthy, wait_for
 
 CHART = REPO / "charts" / "nim-operator"
@@ -243,13 +242,6 @@ def make_namespace(cluster: Cluster) -> Iterator[Callable[[], str]]:
         except client.ApiException as err:
             if err.status != 404:
                 raise
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def deployment_args(cluster: Cluster, release: Release) -> list[str]:

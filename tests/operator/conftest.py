@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client, utils
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, free_port
 
 T = TypeVar("T")
 CRD = REPO / "crds" / "apps.nimoperator.dev_nimservices.yaml"
@@ -69,7 +68,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
@@ -117,13 +116,6 @@ def operator_process(crd: Cluster, tmp_path_factory: pytest.TempPathFactory) -> 
         yield operator
     finally:
         operator.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def healthy(port: int) -> bool:

@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("NIM_TEST_CACHE", "~/.cache/nim-runtime")).expanduser()
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 START_TIMEOUT = float(os.environ.get("NIM_TEST_START_TIMEOUT", "600"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -108,24 +104,26 @@ def runtime_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("nim-runtime")
 
 
-@pytest.fixture(scope="session")
-def smollm2(runtime_tmp: Path) -> Iterator[Server]:
-    server = start_server(runtime_tmp, "smollm2")
+@contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """The server once ready, stopped afterwards (also when it never became ready)."""
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2(runtime_tmp: Path) -> Iterator[Server]:
+    with serving(start_server(runtime_tmp, "smollm2")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def minilm(runtime_tmp: Path) -> Iterator[Server]:
-    server = start_server(runtime_tmp, "minilm", NIM_MODEL_NAME=MINILM)
-    try:
-        server.wait_ready()
+    with serving(start_server(runtime_tmp, "minilm", NIM_MODEL_NAME=MINILM)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -166,8 +164,5 @@ def tiny_small_batch(runtime_tmp: Path, tiny_model: Path) -> Iterator[Server]:
         runtime_tmp, "tiny-small-batch", tiny_model,
         NIM_PASSTHROUGH_ARGS=f"--max-num-seqs {SMALL_BATCH}", NIM_MAX_QUEUED_REQUESTS=str(SMALL_QUEUE),
     )  # fmt: skip
-    try:
-        server.wait_ready()
+    with serving(server):
         yield server
-    finally:
-        server.stop()

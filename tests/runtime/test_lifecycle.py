@@ -14,12 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime.conftest import REPO, Server, start_server
+from tests.runtime.conftest import REPO, TINY, Server, serving, start_tiny_server
 
 pytestmark = pytest.mark.runtime
 
 KEY = "test-key-123"
-TINY = "tiny-llama"
 
 
 def test_unknown_profile_exits_at_once_listing_valid_ones() -> None:
@@ -34,15 +33,8 @@ def test_unknown_profile_exits_at_once_listing_valid_ones() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(runtime_tmp: Path, tiny_model: Path) -> Iterator[Server]:
-    server = start_server(
-        runtime_tmp, "tiny", NIM_MODEL_PATH=str(tiny_model), NIM_SERVED_MODEL_NAME=TINY,
-        NIM_MAX_MODEL_LEN="1024", NIM_API_KEY=KEY, NIM_DRAIN_TIMEOUT="60",
-    )  # fmt: skip
-    try:
-        server.wait_ready()
+    with serving(start_tiny_server(runtime_tmp, "tiny", tiny_model, NIM_API_KEY=KEY, NIM_DRAIN_TIMEOUT="60")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def auth(key: str = KEY) -> dict[str, str]:

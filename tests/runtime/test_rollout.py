@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime.conftest import TINY, Server, metric, start_tiny_server
+from tests.runtime.conftest import TINY, Server, metric, serving, start_tiny_server
 
 pytestmark = pytest.mark.runtime
 
@@ -33,12 +33,8 @@ PATIENCE = 180
 @pytest.fixture
 def rolling(runtime_tmp: Path, tiny_model: Path) -> Iterator[Server]:
     """A tiny-model server of its own: the test stops it."""
-    server = start_tiny_server(runtime_tmp, "tiny-rollout", tiny_model, NIM_DRAIN_TIMEOUT=str(PATIENCE))
-    try:
-        server.wait_ready()
+    with serving(start_tiny_server(runtime_tmp, "tiny-rollout", tiny_model, NIM_DRAIN_TIMEOUT=str(PATIENCE))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def stream_once(url: str) -> str:
