@@ -42,11 +42,21 @@ ENV_MODEL_NAME = "NIM_MODEL_NAME"
 ENV_MODEL_PATH = "NIM_MODEL_PATH"
 ENV_SERVED_MODEL_NAME = "NIM_SERVED_MODEL_NAME"
 ENV_JSONL_LOGGING = "NIM_JSONL_LOGGING"
+#: Seconds the runtime lets in-flight requests (streams included) finish after SIGTERM (its default: 30).
+ENV_DRAIN_TIMEOUT = "NIM_DRAIN_TIMEOUT"
 SECRET_KEYS = ("NGC_API_KEY", "HF_TOKEN")
 
 DEFAULT_REPLICAS = 1
 DEFAULT_USER_ID = 1000
 DEFAULT_GROUP_ID = 2000
+
+# Pod shutdown: preStop sleep, then SIGTERM starts the runtime's drain, then a margin for uvicorn to close
+# connections and the engine to exit, all inside the pod's terminationGracePeriodSeconds.
+DEFAULT_TERMINATION_GRACE_SECONDS = 120
+#: The pod keeps serving this long after deletion while endpoints, kube-proxy and ingresses drop it.
+PRE_STOP_SLEEP_SECONDS = 10
+#: Kept free after the drain for connection close and engine teardown before the kubelet's SIGKILL.
+SHUTDOWN_MARGIN_SECONDS = 15
 
 # Default probes: (path, initialDelaySeconds, periodSeconds, timeoutSeconds, failureThreshold).
 LIVENESS_PROBE = (LIVE_PATH, 15, 10, 1, 3)

@@ -201,3 +201,55 @@ def test_every_child_is_owned_and_labelled() -> None:
 )
 def test_node_facts_prefer_allocatable(node: dict[str, Any], expected: NodeGpuFacts | None) -> None:
     assert node_facts(node) == expected
+
+
+def _shutdown(deployment: dict[str, Any]) -> tuple[int, int, int]:
+    """(terminationGracePeriodSeconds, preStop sleep seconds, NIM_DRAIN_TIMEOUT) of a rendered pod."""
+    pod = _pod(deployment)
+    sleep = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    return pod["terminationGracePeriodSeconds"], sleep, int(_env(deployment)[c.ENV_DRAIN_TIMEOUT])
+
+
+def test_default_shutdown_sleeps_then_drains_inside_the_grace_period() -> None:
+    spec = _spec()
+    grace, sleep, drain = _shutdown(render_deployment(OWNER, spec, _placed(spec)))
+    assert grace == c.DEFAULT_TERMINATION_GRACE_SECONDS == 120
+    assert sleep == c.PRE_STOP_SLEEP_SECONDS == 10
+    assert drain == 120 - 10 - c.SHUTDOWN_MARGIN_SECONDS == 95
+    # Well above the runtime's own 30 s default and Kubernetes' 30 s grace period.
+    assert drain > 30
+
+
+@pytest.mark.parametrize(
+    ("grace", "expected"),
+    [(300, (300, 10, 275)), (60, (60, 10, 35)), (30, (30, 10, 10)), (9, (9, 3, 3))],
+)
+def test_user_grace_period_sizes_the_drain(grace: int, expected: tuple[int, int, int]) -> None:
+    spec = _spec(terminationGracePeriodSeconds=grace)
+    got = _shutdown(render_deployment(OWNER, spec, _placed(spec)))
+    assert got == expected
+    _, sleep, drain = got
+    assert sleep + drain < grace
+
+
+def test_tiny_grace_period_drops_the_pre_stop_but_keeps_a_drain() -> None:
+    spec = _spec(terminationGracePeriodSeconds=2)
+    deployment = render_deployment(OWNER, spec, _placed(spec))
+    assert _pod(deployment)["terminationGracePeriodSeconds"] == 2
+    assert "lifecycle" not in _pod(deployment)["containers"][0]
+    assert _env(deployment)[c.ENV_DRAIN_TIMEOUT] == "1"
+
+
+def test_grace_period_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        _spec(terminationGracePeriodSeconds=0)
+
+
+def test_user_drain_timeout_env_wins() -> None:
+    spec = _spec(env=[{"name": c.ENV_DRAIN_TIMEOUT, "value": "42"}])
+    deployment = render_deployment(OWNER, spec, _placed(spec))
+    env = _pod(deployment)["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == c.ENV_DRAIN_TIMEOUT] == ["42"]
+    # The pod's shutdown is still the operator's: grace period and preStop are unchanged.
+    assert _pod(deployment)["terminationGracePeriodSeconds"] == 120
+    assert _pod(deployment)["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 10}}}

@@ -251,6 +251,15 @@ class NIMServiceSpec(_Model):
     runtime_class_name: str | None = Field(default=None, description="Pod runtimeClassName.")
     priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
     scheduler_name: str | None = Field(default=None, description="Pod schedulerName.")
+    termination_grace_period_seconds: int = Field(
+        default=c.DEFAULT_TERMINATION_GRACE_SECONDS,
+        ge=1,
+        description=f"Pod terminationGracePeriodSeconds (default {c.DEFAULT_TERMINATION_GRACE_SECONDS}): how long "
+        f"a stopping pod may take before it is killed. It covers a preStop sleep (up to {c.PRE_STOP_SLEEP_SECONDS} "
+        "s, so endpoints drop the pod before it refuses requests), the runtime's drain of in-flight requests and "
+        f"streams ({c.ENV_DRAIN_TIMEOUT}, set to what is left after a margin of up to {c.SHUTDOWN_MARGIN_SECONDS} s "
+        "unless env sets it) and its exit. Kubernetes' default of 30 s would cut long streams during a rollout.",
+    )
     replicas: int | None = Field(
         default=None, ge=0, description=f"Replicas (default {c.DEFAULT_REPLICAS}); not with autoscaling."
     )

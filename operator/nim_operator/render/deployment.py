@@ -38,12 +38,27 @@ def _model_volume(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
     return {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": size} if size else {}}
 
 
+def shutdown_timing(grace_seconds: int) -> tuple[int, int]:
+    """(preStop sleep, runtime drain timeout) in seconds, fitting inside ``grace_seconds`` with a margin.
+
+    The kubelet counts the grace period from deletion: the preStop sleep runs first (the pod still serves
+    while endpoints drop it), then SIGTERM starts the drain, then uvicorn and the engine need time to exit.
+    Short grace periods shrink the sleep and the margin rather than the drain to nothing; the drain always
+    gets at least a third of the grace period.
+    """
+    pre_stop = min(c.PRE_STOP_SLEEP_SECONDS, grace_seconds // 3)
+    margin = min(c.SHUTDOWN_MARGIN_SECONDS, (grace_seconds - pre_stop) // 2)
+    return pre_stop, grace_seconds - pre_stop - margin
+
+
 def _env(spec: NIMServiceSpec, placement: Placement) -> list[dict[str, Any]]:
     """Operator env first, then the user's; a user entry with the same name replaces ours."""
+    _, drain = shutdown_timing(spec.termination_grace_period_seconds)
     ours: list[dict[str, Any]] = [
         {"name": c.ENV_CACHE_PATH, "value": c.MODEL_STORE},
         {"name": c.ENV_SERVER_PORT, "value": str(spec.expose.service.port)},
         {"name": c.ENV_JSONL_LOGGING, "value": "1"},
+        {"name": c.ENV_DRAIN_TIMEOUT, "value": str(drain)},
     ]
     if placement.profile is not None:
         ours.append({"name": c.ENV_MODEL_PROFILE, "value": placement.profile.id})
@@ -161,6 +176,12 @@ def _container(spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str
         "startupProbe": _probe(spec.startup_probe, c.STARTUP_PROBE),
     }
     container.update({k: v for k, v in probes.items() if v is not None})
+    pre_stop, _ = shutdown_timing(spec.termination_grace_period_seconds)
+    if pre_stop > 0:
+        # Deletion removes the pod from endpoints while the kubelet runs this; SIGTERM (and the runtime's
+        # 503s) come only after it, once kube-proxy and ingresses stopped sending new requests here.
+        # The native sleep action (GA in 1.32) needs no shell in the image.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": pre_stop}}}
     return container
 
 
@@ -171,6 +192,7 @@ def render_deployment(owner: Owner, spec: NIMServiceSpec, placement: Placement) 
         "containers": [container],
         "volumes": volumes,
         "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": spec.user_id,
