@@ -38,6 +38,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from nim_runtime.errors import describe_validation_errors, error_response
 from nim_runtime.niceness import run_niced
@@ -101,8 +102,26 @@ class Engine:
         logger.info("vLLM %s engine ready; tasks: %s", VLLM_RELEASE, ", ".join(tasks))
         return cls(client, state, args)
 
-    def shutdown(self) -> None:
-        self._client.shutdown()
+    @property
+    def dead(self) -> bool:
+        """Whether the engine core is gone (vLLM's ``AsyncLLM.errored``: its monitor thread saw the engine
+        core process exit, or the output handler failed). A flag read, safe to call from every probe."""
+        return bool(self._client.errored)
+
+    async def shutdown(self) -> None:
+        """Stop the engine core; call on the event loop the engine runs on.
+
+        vLLM's own ``shutdown`` first tears down the engine core connection, which makes the still-running
+        output handler task fail with ``EngineDeadError`` and log it as an ERROR with a traceback, on
+        every normal exit. Cancelling that task first (vLLM cancels it anyway, only later) keeps a clean
+        SIGTERM clean; a real engine death has been logged by then.
+        """
+        handler = getattr(self._client, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        await asyncio.to_thread(self._client.shutdown)
 
     @property
     def supports_chat(self) -> bool:
@@ -226,6 +245,9 @@ async def _call(work: Callable[[], Awaitable[Any]], raw: Request) -> Response:
         return Response(status_code=499)
     try:
         result = task.result()
+    except EngineDeadError:
+        # vLLM maps this to a 500; the server is unavailable rather than broken, and exits shortly.
+        return error_response(503, "The inference engine died; the server is exiting and will be restarted")
     except Exception as exc:  # vLLM raises for some bad input instead of returning an error
         err = create_error_response(exc)
         if err.error.code >= 500:

@@ -1,7 +1,8 @@
-"""The server's phase (loading -> ready -> draining, or failed) and its in-flight inference requests.
+"""The server's phase (loading -> ready -> draining, or failed, or engine-dead) and its in-flight requests.
 
-Health endpoints read the phase without touching the engine, so they answer in microseconds even when
-the engine is saturated. Drain waits on the in-flight count, which the middleware keeps for the whole
+Health endpoints read the phase plus one flag the engine client keeps (whether its engine core process
+is still alive), never a round trip to the engine, so they answer in microseconds even when the engine is
+saturated. Drain waits on the in-flight count, which the middleware keeps for the whole
 life of a response (a stream counts until its last byte is sent). The same count bounds admission:
 beyond ``NIM_MAX_QUEUED_REQUESTS`` a request is refused before it reaches the engine, whose own queue
 has no bound.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 
 
 class Phase(enum.Enum):
@@ -19,6 +21,8 @@ class Phase(enum.Enum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
+    #: The engine core process died after loading; unrecoverable, the process exits non-zero.
+    ENGINE_DEAD = "engine-dead"
 
 
 #: What /v1/health/ready says in each phase.
@@ -27,6 +31,7 @@ READY_MESSAGES: dict[Phase, str] = {
     Phase.READY: "Service is ready.",
     Phase.DRAINING: "Service is shutting down: finishing in-flight requests.",
     Phase.FAILED: "Service failed to load the model; see the server log.",
+    Phase.ENGINE_DEAD: "Service is unavailable: the inference engine died; the server is exiting.",
 }
 
 
@@ -41,6 +46,7 @@ class Lifecycle:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._engine_dead: Callable[[], bool] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -57,13 +63,26 @@ class Lifecycle:
             self.ready_at = time.monotonic()
 
     def mark_failed(self, reason: str) -> None:
-        if self.phase is not Phase.DRAINING:
+        if self.phase not in (Phase.DRAINING, Phase.ENGINE_DEAD):
             self.phase = Phase.FAILED
         self.failure = reason
 
+    def watch_engine(self, is_dead: Callable[[], bool]) -> None:
+        """Have :meth:`engine_alive` ask ``is_dead`` (a cheap flag read, not a call into the engine)."""
+        self._engine_dead = is_dead
+
+    def engine_alive(self) -> bool:
+        """False once the watched engine has died; the first check that sees it flips the phase for good."""
+        if self.phase is Phase.ENGINE_DEAD:
+            return False
+        if self._engine_dead is not None and self._engine_dead():
+            self.phase = Phase.ENGINE_DEAD
+            return False
+        return True
+
     def start_draining(self) -> bool:
-        """Stop accepting; False when already draining (a second SIGTERM changes nothing)."""
-        if self.phase is Phase.DRAINING:
+        """Stop accepting; False when already draining or the engine is dead (nothing left to drain)."""
+        if self.phase in (Phase.DRAINING, Phase.ENGINE_DEAD):
             return False
         self.phase = Phase.DRAINING
         return True

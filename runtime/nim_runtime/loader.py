@@ -34,7 +34,9 @@ async def load_engine(ctx: RuntimeContext) -> None:
     logger.info("Loading %s from %s with profile %s", plan.manifest.name, model_dir, plan.profile.id)
     engine_module = await asyncio.to_thread(importlib.import_module, "nim_runtime.engine")
     args = engine_module.build_server_args(engine_argv(plan, config, model_dir))
-    ctx.engine = await engine_module.Engine.start(args, niceness=config.engine_niceness)
+    engine = await engine_module.Engine.start(args, niceness=config.engine_niceness)
+    ctx.engine = engine
+    ctx.lifecycle.watch_engine(lambda: engine.dead)
     if ctx.lifecycle.phase.value != "loading":  # SIGTERM arrived while loading
         return
     frozen = freeze_heap()

@@ -105,12 +105,13 @@ class Gatekeeper:
         if length.isdigit() and int(length) > self.max_request_bytes:
             message = f"Request body of {length} bytes exceeds the limit of {self.max_request_bytes} bytes"
             return 413, error_body(413, message), {}
-        if inference and self.lifecycle.phase is not Phase.READY:
+        if inference and (not self.lifecycle.engine_alive() or self.lifecycle.phase is not Phase.READY):
             retry = {"retry-after": "5"} if self.lifecycle.phase is Phase.LOADING else {}
             message = {
                 Phase.LOADING: "The model is still loading; retry when /v1/health/ready answers 200",
                 Phase.DRAINING: "The server is shutting down and accepts no new requests",
                 Phase.FAILED: "The model failed to load; see the server log",
+                Phase.ENGINE_DEAD: "The inference engine died; the server is exiting and will be restarted",
             }[self.lifecycle.phase]
             return 503, error_body(503, message), {**retry, "connection": "close"}
         return None

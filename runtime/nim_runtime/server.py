@@ -4,6 +4,10 @@ Uvicorn's own SIGTERM handling stops accepting connections at once, so Kubernete
 probes instead of a 503 and clients mid-stream would race the exit. Here SIGTERM only flips the
 lifecycle to draining: readiness answers 503, new inference requests get 503, and uvicorn is asked to
 exit once the in-flight requests (streams included) are done or NIM_DRAIN_TIMEOUT has passed.
+
+A dead engine (its core process exited: OOM-killed, crashed) cannot come back inside this process, as
+with vLLM's own server. Once the engine client reports it dead, probes and inference requests answer 503,
+and the process exits with code 1 ENGINE_DEAD_EXIT_SECONDS later so the kubelet restarts the container.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 #: Seconds uvicorn gives connections still open after the drain before closing them.
 CLOSE_GRACE_SECONDS = 2
+#: How often the engine's liveness flag is checked (a flag read; probes also check it themselves).
+ENGINE_CHECK_SECONDS = 0.2
+#: Seconds between noticing the engine died and starting to exit: in-flight requests get their 503s and
+#: a probe arriving meanwhile sees the 503 rather than a refused connection.
+ENGINE_DEAD_EXIT_SECONDS = 2.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -61,6 +70,18 @@ class DrainingServer(uvicorn.Server):
             logger.info("Drained; shutting down")
         self.should_exit = True
 
+    def engine_died(self) -> None:
+        """The engine core is gone for good: answer 503 for a moment, then exit non-zero."""
+        logger.error(
+            "The vLLM engine core died (see above for its cause); answering 503 and exiting with code 1 in %.0f s",
+            ENGINE_DEAD_EXIT_SECONDS,
+        )
+        self.exit_code = 1
+        asyncio.get_running_loop().call_later(ENGINE_DEAD_EXIT_SECONDS, self._exit_now)
+
+    def _exit_now(self) -> None:
+        self.should_exit = True
+
     def fail(self, reason: str) -> None:
         """The model cannot load: exit non-zero so the pod restarts with the reason in its log."""
         logger.error("Model loading failed: %s", reason)
@@ -86,12 +107,17 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
         await asyncio.sleep(0.02)
     load_task = asyncio.create_task(load_engine(ctx))
 
+    watch_task: asyncio.Task[None] | None = None
+
     def loaded(task: asyncio.Task[None]) -> None:
+        nonlocal watch_task
         if task.cancelled():
             return
         if (exc := task.exception()) is not None:
             logger.error("Loading failed", exc_info=exc)
             server.fail(f"{type(exc).__name__}: {exc}")
+            return
+        watch_task = asyncio.ensure_future(_watch_engine(server))
 
     load_task.add_done_callback(loaded)
     try:
@@ -99,8 +125,20 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
     finally:
         if not load_task.done():
             load_task.cancel()
+        if watch_task is not None:
+            watch_task.cancel()
         if ctx.engine is not None:
-            await asyncio.to_thread(ctx.engine.shutdown)
+            await ctx.engine.shutdown()
     if not server.started:
         return 1  # could not bind the port; uvicorn logged why
     return server.exit_code
+
+
+async def _watch_engine(server: DrainingServer) -> None:
+    """Until the server exits: once the engine is dead, have the server exit non-zero."""
+    lifecycle = server.ctx.lifecycle
+    while not server.should_exit:
+        if not lifecycle.engine_alive():
+            server.engine_died()
+            return
+        await asyncio.sleep(ENGINE_CHECK_SECONDS)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from nim_runtime.app import create_app, with_request_bodies
 from nim_runtime.config import RuntimeConfig
 from nim_runtime.context import RuntimeContext
-from nim_runtime.lifecycle import Lifecycle, Phase, admits
+from nim_runtime.lifecycle import READY_MESSAGES, Lifecycle, Phase, admits
 from nim_runtime.metrics import RuntimeMetrics
 from nim_runtime.middleware import QUEUE_FULL_RETRY_AFTER
 from nim_runtime.plan import make_plan
@@ -118,3 +118,26 @@ def test_openapi_gets_request_bodies_without_touching_other_routes() -> None:
     assert result["components"]["schemas"] == {"Tok": {"type": "object"}}
     assert "/v1/embeddings" not in result["paths"]  # a route the app lacks is not invented
     assert "requestBody" not in base["paths"]["/tokenize"]["post"]  # the input is left alone
+
+
+async def test_a_dead_engine_fails_both_probes_and_refuses_requests(ctx: RuntimeContext) -> None:
+    dead = False
+    ctx.lifecycle.watch_engine(lambda: dead)
+    ctx.lifecycle.mark_ready()
+    transport = httpx.ASGITransport(app=create_app(ctx))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/v1/health/ready")).status_code == 200
+        assert (await client.get("/v1/health/live")).status_code == 200
+        dead = True
+        for path in ("/v1/health/ready", "/v1/health/live"):
+            probe = await client.get(path)
+            assert probe.status_code == 503, path
+            assert probe.json() == {"object": "health.response", "message": READY_MESSAGES[Phase.ENGINE_DEAD]}
+        refused = await client.post("/v1/chat/completions", json={}, headers={"authorization": "Bearer k"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["type"] == "ServiceUnavailableError"
+        assert "engine died" in refused.json()["error"]["message"]
+    assert ctx.lifecycle.phase is Phase.ENGINE_DEAD
+    assert not ctx.lifecycle.start_draining()  # a SIGTERM now does not hide the death
+    dead = False
+    assert not ctx.lifecycle.engine_alive()  # for good

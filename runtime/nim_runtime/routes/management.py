@@ -1,7 +1,9 @@
 """NIM's management endpoints: health, metrics, version, metadata, manifest and license.
 
-None of them touch the engine (except nothing), so they stay fast while it is saturated: a probe that
-times out under load would kill a healthy pod.
+None of them wait on the engine, so they stay fast while it is saturated: a probe that times out under
+load would kill a healthy pod. The health probes do read the engine client's liveness flag (set by
+vLLM's monitor thread the moment the engine core process exits), so a pod whose engine died is neither
+ready nor live.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ router = APIRouter()
 
 
 @router.get("/v1/health/live")
-async def live() -> dict[str, str]:
-    """200 whenever the HTTP server answers, including while the model loads and while draining."""
-    return {"object": "health.response", "message": "Service is live."}
+async def live(request: Request) -> JSONResponse:
+    """200 while the HTTP server answers (also while the model loads and while draining), 503 once the
+    engine has died: the process is about to exit non-zero, and the kubelet should restart it anyway."""
+    lifecycle = runtime(request).lifecycle
+    if not lifecycle.engine_alive():
+        body = {"object": "health.response", "message": READY_MESSAGES[Phase.ENGINE_DEAD]}
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"object": "health.response", "message": "Service is live."})
 
 
 @router.get("/v1/health/ready")
 async def ready(request: Request) -> JSONResponse:
     lifecycle = runtime(request).lifecycle
-    status = 200 if lifecycle.phase is Phase.READY else 503
+    status = 200 if lifecycle.engine_alive() and lifecycle.phase is Phase.READY else 503
     body = {"object": "health.response", "message": READY_MESSAGES[lifecycle.phase]}
     return JSONResponse(body, status_code=status)
 
@@ -35,7 +42,7 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/v1/metrics")
 async def metrics(request: Request) -> Response:
     ctx = runtime(request)
-    ctx.metrics.ready.set(1 if ctx.lifecycle.phase is Phase.READY else 0)
+    ctx.metrics.ready.set(1 if ctx.lifecycle.engine_alive() and ctx.lifecycle.phase is Phase.READY else 0)
     payload, content_type = ctx.metrics.render()
     return Response(payload, media_type=content_type)
 
