@@ -1,6 +1,8 @@
 # Two commands matter: `make demo` and `make test`. Everything else is what they are made of.
 # `make setup` installs from nothing: uv (into a per-user cache), the locked Python environment,
-# the control-plane binaries (built from Go modules, cached per version) and the embedded models.
+# the cluster binaries (control plane, kubelet, kube-proxy: built from Go modules, cached per version),
+# the host packages of the real nodes (containerd, runc, CNI plugins, nftables; Debian's, needs root),
+# the real nodes' pause and base images, and the embedded models.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,13 +16,13 @@ EXTRAS := --extra operator --extra runtime --extra cpu --extra embedded
 KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
 PYTEST_ARGS ?=
 
-.PHONY: help setup env cluster-bin models lint fmt crds test test-unit test-cluster test-runtime \
+.PHONY: help setup env cluster-bin models lint fmt crds test test-unit test-cluster test-runtime test-e2e \
         cluster-up cluster-down demo bench-runtime bench-operator clean
 
 help:
 	@echo "make demo    run the operator on the local cluster and chat with the embedded model"
 	@echo "make test    install everything, lint, run every test"
-	@echo "other: setup lint fmt crds cluster-up cluster-down test-unit test-cluster test-runtime bench-runtime bench-operator"
+	@echo "other: setup lint fmt crds cluster-up cluster-down test-unit test-cluster test-runtime test-e2e bench-runtime bench-operator"
 
 $(UV):
 	python3 -m venv "$(CACHE_HOME)/uv-$(UV_VERSION)"
@@ -62,6 +64,9 @@ test-unit: env
 
 test-cluster: env cluster-bin
 	$(PY) -m pytest tests/cluster tests/operator $(PYTEST_ARGS)
+
+test-e2e: env cluster-bin
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test-runtime: env models
 	$(PY) -m pytest tests/runtime $(PYTEST_ARGS)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds the local control plane (etcd + kube-apiserver + controller-manager +
-# scheduler in one multi-call binary), kwok and helm from Go modules into a
-# per-user cache keyed by their versions. Re-running is a no-op when the
+# Builds the local control plane and the real nodes' kubelet and kube-proxy
+# (etcd + kube-apiserver + controller-manager + scheduler + kubelet + kube-proxy
+# in one multi-call binary), kwok and helm from Go modules, and the images every
+# real node needs, into a per-user cache keyed by their versions. Re-running is a no-op when the
 # binaries for the current versions exist.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$CLUSTER_DIR/host-deps.sh"
 
 BIN=$(bin_dir)
 if [[ -x $BIN/k8s-control-plane && -x $BIN/kwok && -x $BIN/helm ]]; then
@@ -29,6 +32,7 @@ else
     k8s_ldflags+=" -X $kv.gitTreeState=clean -X $cv.gitVersion=$K8S_VERSION -X $cv.gitMajor=1"
     k8s_ldflags+=" -X $cv.gitMinor=$minor -X $cv.gitTreeState=clean"
     (cd "$CLUSTER_DIR" && go build -ldflags="$k8s_ldflags" -o "$TMP/k8s-control-plane" .)
+    (cd "$CLUSTER_DIR" && go build -ldflags="-s -w" -o "$TMP/pause" ./pause)
     # kwok and helm keep their own go.mod (their k8s.io versions differ from ours).
     GOBIN="$TMP" go install -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
     GOBIN="$TMP" go install \
@@ -38,6 +42,31 @@ else
     mv "$TMP" "$BIN"
     trap - EXIT
     echo "cold build took $(( $(date +%s) - start ))s"
+fi
+
+# Images the real nodes need before they can run anything: the pod sandbox (pause) and a Debian
+# base made from Debian's packages by mmdebstrap (no registry serves images here).
+IMAGES=$(node_images_dir)
+if [[ -f $IMAGES/nim-pause.tar && -f $IMAGES/nim-base.tar ]]; then
+    echo "node images cached in $IMAGES"
+else
+    start=$(date +%s)
+    TMP="$IMAGES.tmp.$$"
+    rm -rf "$TMP"
+    mkdir -p "$TMP"
+    trap 'rm -rf "$TMP"' EXIT
+    python3 "$CLUSTER_DIR/oci_image.py" --name "$PAUSE_IMAGE" --file "pause=$BIN/pause" \
+        --entrypoint /pause -o "$TMP/nim-pause.tar"
+    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" --skip=output/dev \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/var/cache/apt/*' \
+        bookworm "$TMP/base-rootfs.tar"
+    python3 "$CLUSTER_DIR/oci_image.py" --name "$BASE_IMAGE" --rootfs "$TMP/base-rootfs.tar" \
+        --cmd /bin/bash -o "$TMP/nim-base.tar"
+    rm -f "$TMP/base-rootfs.tar"
+    rm -rf "$IMAGES"
+    mv "$TMP" "$IMAGES"
+    trap - EXIT
+    echo "node images built in $(( $(date +%s) - start ))s"
 fi
 
 # The Makefile runs this after creating the venv; tests and the demo call helm from there.

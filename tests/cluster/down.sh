@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Stops the processes up.sh started (by their pid files, consumers first so
-# nothing logs errors about a vanished apiserver) and removes the state dir.
+# nothing logs errors about a vanished apiserver), tears down the real nodes'
+# pods, mounts and network, restores the host settings they changed, and
+# removes the state dir.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_DIR/real-nodes.sh"
 
 PIDS=$STATE/pids
 
@@ -11,22 +14,26 @@ PIDS=$STATE/pids
 ours() {
     local argv0
     argv0=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | head -n1) || return 1
-    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok ]]
+    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == containerd || $argv0 == */containerd ]]
 }
 
 stopped=()
-for c in kwok scheduler controller-manager apiserver etcd; do
-    f=$PIDS/$c.pid
-    [[ -f $f ]] || continue
+# stop_pid NAME: TERM, up to 10 s for a clean exit, then KILL.
+stop_pid() {
+    local f=$PIDS/$1.pid pid
+    [[ -f $f ]] || return 0
     pid=$(cat "$f")
     if ours "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
-        # Up to 10 s for a clean exit, then force it.
         for _ in $(seq 50); do ours "$pid" || break; sleep 0.2; done
         if ours "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-        stopped+=("$c")
+        stopped+=("$1")
     fi
-done
+    rm -f "$f"
+}
+
+nodes_down
+for c in kwok scheduler controller-manager apiserver etcd; do stop_pid "$c"; done
 
 rm -rf "$STATE"
 echo "cluster down${stopped:+ (stopped ${stopped[*]})}"

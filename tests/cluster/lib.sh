@@ -24,7 +24,7 @@ k8s_version() {
 cache_key() {
     {
         cat "$CLUSTER_DIR/go.mod" "$CLUSTER_DIR/go.sum" "$CLUSTER_DIR"/*.go
-        echo "kwok=$KWOK_VERSION helm=$HELM_VERSION"
+        echo "kwok=$KWOK_VERSION helm=$HELM_VERSION base=$BASE_PACKAGES"
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -c1-16
 }
@@ -38,3 +38,16 @@ STATE="${NIM_CLUSTER_STATE:-$REPO/.cache/cluster}"
 ETCD_PORT="${NIM_CLUSTER_ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${NIM_CLUSTER_ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"
+
+# Real nodes (real-nodes.sh): network, images every node needs before any pull, and DNS.
+REAL_NODE_COUNT="${NIM_REAL_NODES:-2}"
+REAL_BRIDGE=nimbr0
+REAL_HOST_IP=10.251.0.1
+CLUSTER_DNS_IP=10.96.0.10
+PAUSE_IMAGE=localhost/nim-pause:1
+# Built by build.sh next to the binaries, imported into every node's containerd by up.sh.
+node_images_dir() { echo "$(dirname "$(bin_dir)")/images"; }
+# The Debian base image (bookworm's Python 3.11, the same minor as the project's): tini for PID 1,
+# libgomp for vLLM's CPU kernels, ca-certificates for TLS.
+BASE_IMAGE=localhost/nim-base:bookworm
+BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,tini

@@ -1,11 +1,12 @@
 // Command k8s-control-plane is a multi-call binary: argv[1] picks the
-// component. One binary instead of four shares most of the link and disk
+// component (the control plane, and kubelet and kube-proxy for the real nodes). One binary instead of four shares most of the link and disk
 // cost, which matters on small CI machines. etcd is built in from the same
 // go.etcd.io/etcd/server/v3 release that this Kubernetes release is tested
 // against, so no distribution package (Debian ships 3.4) is needed.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,13 +19,17 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var components = map[string]func() *cobra.Command{
 	"apiserver":          apiserver.NewAPIServerCommand,
 	"controller-manager": controllermanager.NewControllerManagerCommand,
 	"scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	"kubelet":            func() *cobra.Command { return kubelet.NewKubeletCommand(context.Background()) },
+	"kube-proxy":         proxy.NewProxyCommand,
 }
 
 func main() {
@@ -34,7 +39,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || components[os.Args[1]] == nil {
-		fmt.Fprintf(os.Stderr, "usage: %s etcd|apiserver|controller-manager|scheduler [flags]\n",
+		fmt.Fprintf(os.Stderr, "usage: %s etcd|apiserver|controller-manager|scheduler|kubelet|kube-proxy [flags]\n",
 			filepath.Base(os.Args[0]))
 		os.Exit(2)
 	}

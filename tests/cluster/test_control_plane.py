@@ -125,6 +125,9 @@ def test_kubectl_lists_the_four_gpu_pools(cluster: Cluster) -> None:
             str(cluster.kubeconfig),
             "get",
             "nodes",
+            # The simulated pools; the real nodes (tests/e2e) carry no pool label.
+            "-l",
+            "type=kwok",
             "--no-headers",
             "-L",
             "nim-operator.dev/pool",

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Starts a local, real Kubernetes control plane: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kwok (fake GPU nodes), all as
-# background processes with state under $REPO/.cache/cluster. Returns once
+# kube-controller-manager, kube-scheduler, kwok (fake GPU nodes) and real
+# worker nodes (real-nodes.sh), all as background processes with state under
+# $REPO/.cache/cluster. Returns once
 # the API is ready, the default ServiceAccount exists and every node is Ready.
 # A no-op when the cluster from a previous run is still healthy.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_DIR/real-nodes.sh"
 
 PKI=$STATE/pki
 LOGS=$STATE/logs
@@ -13,6 +15,10 @@ PIDS=$STATE/pids
 KUBECONFIG_OUT=$STATE/kubeconfig
 SERVER=https://127.0.0.1:$APISERVER_PORT
 COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
+for ((n = 0; n < REAL_NODE_COUNT; n++)); do
+    COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
+done
+NODE_IMAGES_DIR=$(node_images_dir)
 
 readyz() {
     curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
@@ -41,7 +47,7 @@ t0=$EPOCHREALTIME
 "$CLUSTER_DIR/down.sh" >/dev/null
 
 BIN=$(bin_dir)
-if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok ]]; then
+if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR ]]; then
     "$CLUSTER_DIR/build.sh"
 fi
 CP=$BIN/k8s-control-plane
@@ -82,17 +88,19 @@ openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=nim-operator-local-ca" -day
     -out "$PKI/ca.crt" 2>/dev/null
 # 10.96.0.1 is the ClusterIP of the `kubernetes` Service in --service-cluster-ip-range.
 sign apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$REAL_HOST_IP,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 # system:masters is the group the apiserver always authorizes; kwok also uses it.
 sign admin "/O=system:masters/CN=nim-operator-admin" "extendedKeyUsage=clientAuth"
 # The bootstrap RBAC policy grants these two users exactly what they need.
 sign controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 sign scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+# The apiserver's identity towards kubelets (logs, exec, port-forward); kubelets authorize it by webhook.
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
 # RSA for ServiceAccount tokens: RS256 is what every token consumer understands.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
 openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
 
-# kubeconfig NAME OUT: a kubeconfig with the credentials embedded, so it can be copied anywhere.
+# kubeconfig NAME OUT [SERVER]: a kubeconfig with the credentials embedded, so it can be copied anywhere.
 kubeconfig() {
     cat >"$2" <<KUBECONFIG
 apiVersion: v1
@@ -100,7 +108,7 @@ kind: Config
 clusters:
 - name: nim-local
   cluster:
-    server: $SERVER
+    server: ${3:-$SERVER}
     certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
 users:
 - name: $1
@@ -151,6 +159,9 @@ wait_for() {
     done
 }
 
+# Before the apiserver: it advertises itself on the real nodes' bridge.
+network_up
+
 # No fsync: the data is throwaway and fsync dominates etcd latency on CI disks.
 start etcd "$CP" etcd \
     --name=nim-local \
@@ -166,8 +177,8 @@ start etcd "$CP" etcd \
 # The apiserver retries etcd, so both start together to overlap their startup.
 start apiserver "$CP" apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
+    --bind-address=0.0.0.0 \
+    --advertise-address="$REAL_HOST_IP" \
     --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
@@ -178,7 +189,10 @@ start apiserver "$CP" apiserver \
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
     --allow-privileged=true \
-    --endpoint-reconciler-type=none \
+    --endpoint-reconciler-type=lease \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
     --profiling=false \
     --cert-dir="$PKI/apiserver-generated"
 wait_for "kube-apiserver /readyz" 90 readyz
@@ -220,6 +234,10 @@ start kwok "$BIN/kwok" \
 cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
 k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
 wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
+nodes_up
+for ((n = 0; n < REAL_NODE_COUNT; n++)); do
+    wait_for "node real-$n to register" 60 k get node "real-$n"
+done
 wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
 wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
 # The node lifecycle controller removes its not-ready taints a moment after
