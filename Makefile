@@ -17,12 +17,12 @@ KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
 PYTEST_ARGS ?=
 
 .PHONY: help setup env cluster-bin models lint fmt crds test test-unit test-cluster test-runtime test-e2e \
-        cluster-up cluster-down demo bench-runtime bench-operator clean
+        cluster-up cluster-down images demo bench-runtime bench-operator clean
 
 help:
 	@echo "make demo    run the operator on the local cluster and chat with the embedded model"
 	@echo "make test    install everything, lint, run every test"
-	@echo "other: setup lint fmt crds cluster-up cluster-down test-unit test-cluster test-runtime test-e2e bench-runtime bench-operator"
+	@echo "other: setup lint fmt crds cluster-up cluster-down images test-unit test-cluster test-runtime test-e2e bench-runtime bench-operator"
 
 $(UV):
 	python3 -m venv "$(CACHE_HOME)/uv-$(UV_VERSION)"
@@ -77,6 +77,11 @@ cluster-up: env cluster-bin
 
 cluster-down:
 	tests/cluster/down.sh
+
+# localhost/nim-operator:dev and localhost/nim-runtime:dev (CPU), built with BuildKit from our own
+# Dockerfiles into every real node's containerd; an unchanged tree rebuilds nothing.
+images: cluster-up
+	tests/cluster/images.sh
 
 demo: setup
 	examples/demo.sh

@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 "$CLUSTER_DIR/host-deps.sh"
 
 BIN=$(bin_dir)
-if [[ -x $BIN/k8s-control-plane && -x $BIN/kwok && -x $BIN/helm ]]; then
+if [[ -x $BIN/k8s-control-plane && -x $BIN/kwok && -x $BIN/helm && -x $BIN/buildkitd ]]; then
     echo "cluster binaries cached in $BIN"
 else
     K8S_VERSION=$(k8s_version)
@@ -33,6 +33,8 @@ else
     k8s_ldflags+=" -X $cv.gitMinor=$minor -X $cv.gitTreeState=clean"
     (cd "$CLUSTER_DIR" && go build -ldflags="$k8s_ldflags" -o "$TMP/k8s-control-plane" .)
     (cd "$CLUSTER_DIR" && go build -ldflags="-s -w" -o "$TMP/pause" ./pause)
+    (cd "$CLUSTER_DIR/tools" && go build -ldflags="-s -w" -o "$TMP/" \
+        github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl)
     # kwok and helm keep their own go.mod (their k8s.io versions differ from ours).
     GOBIN="$TMP" go install -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
     GOBIN="$TMP" go install \

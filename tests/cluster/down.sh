@@ -14,7 +14,7 @@ PIDS=$STATE/pids
 ours() {
     local argv0
     argv0=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | head -n1) || return 1
-    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == containerd || $argv0 == */containerd ]]
+    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == */buildkitd || $argv0 == containerd || $argv0 == */containerd ]]
 }
 
 stopped=()
@@ -32,6 +32,7 @@ stop_pid() {
     rm -f "$f"
 }
 
+stop_pid buildkitd
 nodes_down
 for c in kwok scheduler controller-manager apiserver etcd; do stop_pid "$c"; done
 

@@ -23,7 +23,8 @@ k8s_version() {
 # fresh clone reuses the cache and a version bump rebuilds into a new dir.
 cache_key() {
     {
-        cat "$CLUSTER_DIR/go.mod" "$CLUSTER_DIR/go.sum" "$CLUSTER_DIR"/*.go
+        cat "$CLUSTER_DIR/go.mod" "$CLUSTER_DIR/go.sum" "$CLUSTER_DIR"/*.go "$CLUSTER_DIR"/pause/*.go
+        cat "$CLUSTER_DIR/tools/go.mod" "$CLUSTER_DIR/tools/go.sum" "$CLUSTER_DIR/oci_image.py"
         echo "kwok=$KWOK_VERSION helm=$HELM_VERSION base=$BASE_PACKAGES"
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -c1-16

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds localhost/nim-operator:dev and localhost/nim-runtime:dev (the CPU build) from the project's own
+# Dockerfiles with BuildKit (buildkitd's OCI worker on runc, no Docker daemon), on the Debian base that
+# build.sh made, and imports them into every real node's containerd.
+#
+# Cached by content: the key of an image is a hash of the files its build context holds (tracked files
+# under the paths below, with their working-tree content) and of the base image. An unchanged tree
+# builds nothing and imports nothing; a changed one rebuilds only the layers that changed (BuildKit's
+# cache lives in the per-user cache, beside uv's download cache mount, so it survives cluster-down).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_DIR/real-nodes.sh"
+
+BIN=$(bin_dir)
+IMAGES=$(node_images_dir)
+BUILDKIT_ROOT=$CACHE_ROOT/buildkit
+BUILDKIT_SOCK=$STATE/buildkitd.sock
+LOGS=$STATE/logs
+PIDS=$STATE/pids
+mkdir -p "$LOGS" "$PIDS" "$BUILDKIT_ROOT"
+
+if ! [[ -S $(sock 0) ]]; then
+    echo "the real nodes are not running: make cluster-up first" >&2
+    exit 1
+fi
+
+start_buildkitd() {
+    if [[ -S $BUILDKIT_SOCK ]] && "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" debug workers >/dev/null 2>&1; then
+        return
+    fi
+    # Host networking for RUN steps: the package registries are reached as from the host.
+    setsid "$BIN/buildkitd" --root "$BUILDKIT_ROOT" --addr "unix://$BUILDKIT_SOCK" \
+        --oci-worker=true --containerd-worker=false --oci-worker-net=host \
+        --oci-worker-snapshotter=overlayfs >"$LOGS/buildkitd.log" 2>&1 </dev/null &
+    echo $! >"$PIDS/buildkitd.pid"
+    for _ in $(seq 100); do
+        "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" debug workers >/dev/null 2>&1 && return
+        sleep 0.2
+    done
+    echo "buildkitd did not start; see $LOGS/buildkitd.log" >&2
+    tail -n 20 "$LOGS/buildkitd.log" >&2
+    exit 1
+}
+
+# The base as an OCI layout directory, which BuildKit takes as a named build context.
+base_layout() {
+    local dir=$IMAGES/nim-base.layout
+    if [[ ! -f $dir/index.json ]]; then
+        rm -rf "$dir.tmp"
+        mkdir -p "$dir.tmp"
+        tar -xf "$IMAGES/nim-base.tar" -C "$dir.tmp"
+        mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+
+content_key() {
+    local dockerfile=$1 base_digest=$2
+    shift 2
+    {
+        echo "$base_digest"
+        (cd "$REPO" && git ls-files -z -- "$@" | xargs -0 sha256sum)
+        sha256sum "$REPO/$dockerfile"
+    } | sha256sum | cut -c1-16
+}
+
+# build NAME DOCKERFILE PATHS...: build unless every node has this content already.
+build() {
+    local name=$1 dockerfile=$2
+    shift 2
+    local layout digest key i missing=()
+    layout=$(base_layout)
+    digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' \
+        "$layout/index.json")
+    key=$(content_key "$dockerfile" "$digest" "$@")
+    for ((i = 0; i < REAL_NODE_COUNT; i++)); do
+        if [[ $(cat "$IMAGES_CACHE/real-$i/${name//[\/:]/_}.key" 2>/dev/null) != "$key" ]] ||
+            ! ctr --address "$(sock "$i")" -n k8s.io images ls -q 2>/dev/null | grep -qxF "$name"; then
+            missing+=("$i")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "$name: up to date ($key)"
+        return
+    fi
+    start_buildkitd
+    local t0 archive=$IMAGES/build-${name//[\/:]/_}.tar
+    t0=$(date +%s)
+    local secret=()
+    [[ -f /etc/ssl/certs/ca-certificates.crt ]] && secret=(--secret "id=cacert,src=/etc/ssl/certs/ca-certificates.crt")
+    "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" build \
+        --frontend dockerfile.v0 \
+        --local context="$REPO" \
+        --local dockerfile="$REPO/$(dirname "$dockerfile")" \
+        --opt filename="$(basename "$dockerfile")" \
+        --opt build-arg:BASE_IMAGE="$BASE_IMAGE" \
+        --opt build-arg:VARIANT=cpu \
+        --opt "context:$BASE_IMAGE=oci-layout://nimbase@$digest" \
+        --oci-layout "nimbase=$layout" \
+        "${secret[@]}" \
+        --progress plain \
+        --output "type=oci,dest=$archive,name=$name,compression=uncompressed" \
+        >"$LOGS/build-${name//[\/:]/_}.log" 2>&1 || {
+        echo "building $name failed; last lines of $LOGS/build-${name//[\/:]/_}.log:" >&2
+        tail -n 30 "$LOGS/build-${name//[\/:]/_}.log" >&2
+        exit 1
+    }
+    local t1
+    t1=$(date +%s)
+    for i in "${missing[@]}"; do
+        ctr --address "$(sock "$i")" -n k8s.io images import "$archive" >/dev/null
+        mkdir -p "$IMAGES_CACHE/real-$i"
+        echo "$key" >"$IMAGES_CACHE/real-$i/${name//[\/:]/_}.key"
+    done
+    echo "$name: built in $((t1 - t0))s, imported into ${#missing[@]} node(s) in $(($(date +%s) - t1))s," \
+        "$(du -m "$archive" | cut -f1) MB uncompressed"
+    rm -f "$archive"
+}
+
+build localhost/nim-operator:dev operator/Dockerfile pyproject.toml uv.lock README.md operator runtime
+build localhost/nim-runtime:dev runtime/Dockerfile pyproject.toml uv.lock README.md operator runtime
