@@ -40,7 +40,8 @@ ETCD_PORT="${NIM_CLUSTER_ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${NIM_CLUSTER_ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"
 
-# Real nodes (real-nodes.sh): network, images every node needs before any pull, and DNS.
+# Real nodes (real-nodes.sh): network, images every node needs before any pull, and the DNS address
+# the kubelets hand to pods (no server answers there yet: CoreDNS is still to come).
 REAL_NODE_COUNT="${NIM_REAL_NODES:-2}"
 REAL_BRIDGE=nimbr0
 REAL_HOST_IP=10.251.0.1

@@ -2,8 +2,8 @@
 # Starts a local, real Kubernetes control plane: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok (fake GPU nodes) and real
 # worker nodes (real-nodes.sh), all as background processes with state under
-# $REPO/.cache/cluster. Returns once
-# the API is ready, the default ServiceAccount exists and every node is Ready.
+# $REPO/.cache/cluster. Returns once the API is ready, the default
+# ServiceAccount exists and every node is Ready.
 # A no-op when the cluster from a previous run is still healthy.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
