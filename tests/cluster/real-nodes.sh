@@ -162,7 +162,7 @@ import_images() {
     local i=$1 archive
     for archive in "$NODE_IMAGES_DIR"/*.tar; do
         [[ -e $archive ]] || continue
-        ctr --address "$(sock "$i")" -n k8s.io images import --no-unpack=false "$archive" >/dev/null
+        ctr --address "$(sock "$i")" -n k8s.io images import "$archive" >/dev/null
     done
 }
 
@@ -202,7 +202,7 @@ nodes_up() {
 
 # Pods first (their shims hold mounts and netns), then the daemons, then what they left behind.
 nodes_down() {
-    local i name dir pid c
+    local i name dir ns c
     for ((i = 0; i < REAL_NODE_COUNT; i++)); do
         name=$(node_name "$i")
         for c in "kube-proxy-$name" "kubelet-$name"; do stop_pid "$c"; done
@@ -228,7 +228,7 @@ nodes_down() {
     done
     # Pod network namespaces: only these nodes' containerd makes cni-* namespaces on this machine.
     if [[ -d $NODES_STATE ]]; then
-        for pid in /run/netns/cni-*; do [[ -e $pid ]] && ip netns delete "${pid##*/}" 2>/dev/null || true; done
+        for ns in /run/netns/cni-*; do [[ -e $ns ]] && ip netns delete "${ns##*/}" 2>/dev/null || true; done
     fi
     for ((i = 0; i < REAL_NODE_COUNT; i++)); do
         ip route del "$(pod_cidr "$i")" 2>/dev/null || true
