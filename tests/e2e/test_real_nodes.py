@@ -142,9 +142,19 @@ def test_service_across_nodes_api_access_logs_exec_and_port_forward(cluster: Clu
     cluster_ip = core.read_namespaced_service("web", namespace).spec.cluster_ip
 
     # From the other node: the Service's virtual IP, then the API server through `kubernetes`.
+    # Endpoints reach each node's kube-proxy a moment after the pod turns Ready; until then the
+    # virtual IP rejects connections (as in any cluster), so the client retries a refusal briefly.
     client_script = f"""
-import json, ssl, urllib.request
-print(urllib.request.urlopen("http://{cluster_ip}/hostname", timeout=10).read().decode().strip())
+import json, ssl, time, urllib.request
+deadline = time.monotonic() + 30
+while True:
+    try:
+        print(urllib.request.urlopen("http://{cluster_ip}/hostname", timeout=10).read().decode().strip())
+        break
+    except urllib.error.URLError as e:
+        if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
 ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
 # The Service's address (the apiserver certificate names it); pods get it as KUBERNETES_SERVICE_HOST.
