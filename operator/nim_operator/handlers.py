@@ -1,7 +1,7 @@
 """The kopf shell: watches that feed the reconciler. No decisions are made here.
 
 NIMService spec changes go through kopf's create/update/resume handlers (with kopf's retries and
-backoff); Deployment and Node events re-run the same level-based reconcile.
+backoff); Deployment, Pod and Node events re-run the same level-based reconcile.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def track(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         _services.pop(key, None)
         metrics.STATES.set(key[0], key[1], None)
-        _reconciler(memo).forget(body.metadata.uid or "")
+        _reconciler(memo).forget(body.metadata.uid or "", namespace=key[0], name=key[1])
     else:
         _services[key] = dict(body)
 
@@ -94,6 +94,24 @@ def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
     else:
         reconciler.deployment_seen(deployment)
     reconciler.reconcile(service)
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
+def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Pod health feeds status: a waiting reason, a crash or the scheduler's verdict says why replicas are
+    missing. Pods belong to ReplicaSets, so the reconciler finds their NIMService by its selector labels.
+
+    Pods are remembered even before their NIMService's first event (the watches start together), so its
+    first reconcile already knows them.
+    """
+    reconciler = _reconciler(memo)
+    pod = dict(body)
+    key = reconciler.pod_gone(pod) if type == "DELETED" else reconciler.pod_seen(pod)
+    if key is None:
+        return
+    service = _services.get(key)
+    if service is not None:
+        reconciler.reconcile(service)
 
 
 @kopf.on.event("", "v1", "nodes")

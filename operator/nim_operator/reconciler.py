@@ -1,7 +1,8 @@
 """One level-based reconcile of one NIMService: read facts, decide, render, apply, report.
 
-Called for every change of the NIMService, of its Deployment and of the cluster's GPU nodes; it
-never branches on which event happened. Unchanged children and unchanged status cost no write.
+Called for every change of the NIMService, of its Deployment, of its pods' health and of the cluster's
+GPU nodes; it never branches on which event happened. Unchanged children and unchanged status cost no
+write.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nim_operator import metrics
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
+from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.status import Failure, compute_status
 from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
@@ -114,14 +116,24 @@ class Reconciler:
         self._guard = threading.Lock()
         # The newest Deployment each watch event delivered, by (namespace, name): status needs no GET.
         self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        # The pods of each NIMService as their watch delivered them, by (namespace, NIMService name) and pod
+        # name: status explains missing replicas from them without listing pods on every reconcile.
+        self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        # The pod problem last announced by an Event, per NIMService uid: one Event when a problem appears
+        # or changes its reason, not one per reconcile (pod events re-run reconcile often).
+        self._announced: dict[str, PodProblem] = {}
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def forget(self, uid: str) -> None:
-        """Drop what is remembered of a deleted NIMService."""
+    def forget(self, uid: str, *, namespace: str | None = None, name: str | None = None) -> None:
+        """Drop what is remembered of a deleted NIMService (its pods too, when its name is given)."""
         self._written.pop(uid, None)
+        self._announced.pop(uid, None)
+        if namespace is not None and name is not None:
+            with self._guard:
+                self._pods.pop((namespace, name), None)
 
     def deployment_seen(self, deployment: dict[str, Any]) -> None:
         """A Deployment from the watch: status reads it instead of a GET, and the apply cache learns it."""
@@ -132,6 +144,44 @@ class Reconciler:
     def deployment_gone(self, namespace: str, name: str) -> None:
         self._deployments.pop((namespace, name), None)
         self.kube.forget("apps/v1", "Deployment", namespace, name)
+
+    def pod_seen(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        """Remember a pod from the watch; the (namespace, name) of its NIMService if it is news.
+
+        None when the pod is not a NIMService's, or when nothing status reads of it changed (a probe
+        result, a new resourceVersion): readiness itself reaches status through the Deployment's events,
+        so such pod events need no reconcile at all.
+        """
+        service = service_of(pod)
+        if service is None:
+            return None
+        meta = pod["metadata"]
+        key = (meta["namespace"], service)
+        with self._guard:
+            pods = self._pods.setdefault(key, {})
+            before = pods.get(meta["name"])
+            pods[meta["name"]] = pod
+        if before is not None and pod_health(before) == pod_health(pod):
+            return None
+        return key
+
+    def pod_gone(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        """Forget a deleted pod; the (namespace, name) of its NIMService, whose status may change."""
+        service = service_of(pod)
+        if service is None:
+            return None
+        meta = pod["metadata"]
+        key = (meta["namespace"], service)
+        with self._guard:
+            pods = self._pods.get(key, {})
+            pods.pop(meta["name"], None)
+            if not pods:
+                self._pods.pop(key, None)
+        return key
+
+    def pods_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        with self._guard:
+            return list(self._pods.get((namespace, name), {}).values())
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         meta = body["metadata"]
@@ -171,6 +221,7 @@ class Reconciler:
         deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+        problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
         outcome.status = compute_status(
             owner=owner,
             spec=spec,
@@ -181,9 +232,28 @@ class Reconciler:
             failure=None,
             deployment=deployment,
             now=_now(),
+            pod_problem=problem,
         )
         outcome.status_written = self._write_status(body, owner, previous, outcome.status)
+        ready = next(c for c in outcome.status.conditions if c.type == "Ready")
+        # Announced only when status shows it too, so an Event never says what status does not.
+        shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
+        self._announce(body, owner, problem if shown else None)
         return outcome
+
+    def _announce(self, body: Mapping[str, Any], owner: Owner, problem: PodProblem | None) -> None:
+        """A Warning Event when a pod problem appears or its reason changes; nothing while it persists.
+
+        Keyed on the reason alone: the message of a lasting problem may move (another pod, a scheduler
+        message with new node counts) without being news. A problem that clears and comes back is news.
+        """
+        before = self._announced.get(owner.uid)
+        if problem is None:
+            self._announced.pop(owner.uid, None)
+            return
+        self._announced[owner.uid] = problem
+        if before is None or before.reason != problem.reason:
+            self.emit(body, "Warning", problem.reason, problem.message)
 
     def _choose(
         self,

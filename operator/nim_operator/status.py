@@ -1,7 +1,9 @@
-"""Computing a NIMService's status from the decision and its Deployment. Pure.
+"""Computing a NIMService's status from the decision, its Deployment and its pods' problem. Pure.
 
-Conditions keep their ``lastTransitionTime`` unless their status flips, so recomputing the same
-world yields the same status, and the shell can skip the write.
+Readiness is counted from the Deployment; when replicas are missing, a pod-level problem (see
+``pod_health``) says why in the Ready condition. Conditions keep their ``lastTransitionTime`` unless
+their status flips, so recomputing the same world yields the same status, and the shell can skip the
+write.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nim_operator.api.spec import Condition, ModelStatus, NIMServiceSpec, NIMServiceStatus, ProfileStatus
+from nim_operator.pod_health import PodProblem
 from nim_operator.render.children import service_name
 from nim_operator.render.meta import Owner, selector_labels
 
@@ -67,7 +70,13 @@ def compute_status(
     failure: Failure | None,
     deployment: dict[str, Any] | None,
     now: str,
+    pod_problem: PodProblem | None = None,
 ) -> NIMServiceStatus:
+    """The whole status for this world; ``pod_problem`` only colours a Ready condition that is False.
+
+    A pod problem never makes the state Failed: the spec was valid and was applied, and fixing the spec
+    (a new image) or the cluster (a Secret, a node) recovers the service without the operator's help.
+    """
     before = previous.conditions if previous else []
     if failure is not None:
         conditions = [
@@ -95,6 +104,8 @@ def compute_status(
     if spec is None:
         raise ValueError("a status without failure needs the spec")
     ready, reason, message, available, replicas = _readiness(spec, deployment)
+    if not ready and pod_problem is not None and reason != "ScaledToZero":
+        reason, message = pod_problem.reason, f"{pod_problem.message} ({message})"
     if profile is not None and profile.id:
         selected = _condition(before, "ProfileSelected", True, "ProfileSelected", profile.reason, generation, now)
     else:

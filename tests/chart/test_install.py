@@ -206,6 +206,7 @@ def test_service_account_cannot_do_what_the_operator_never_does(clusterwide: tup
     assert can_i(api, "patch", "deployments", group="apps", namespace="anywhere")
     assert can_i(api, "patch", NIMSERVICES, group=GROUP, subresource="status", namespace="anywhere")
     assert can_i(api, "list", "nodes")
+    assert can_i(api, "watch", "pods", namespace="anywhere")
     assert can_i(api, "patch", "clusterkopfpeerings", group="kopf.dev", name=release.fullname)
     denied: list[tuple[str, str, dict[str, Any]]] = [
         ("get", "secrets", {}),
@@ -220,6 +221,9 @@ def test_service_account_cannot_do_what_the_operator_never_does(clusterwide: tup
         ("patch", "namespaces", {}),
         ("delete", "namespaces", {}),
         ("create", "pods", {"namespace": "default"}),
+        ("patch", "pods", {"namespace": "default"}),
+        ("delete", "pods", {"namespace": "default"}),
+        ("create", "pods", {"namespace": "default", "subresource": "eviction"}),
         ("create", "pods", {"namespace": "default", "subresource": "exec"}),
         ("create", "serviceaccounts", {"namespace": "default", "subresource": "token"}),
         ("create", NIMSERVICES, {"group": GROUP, "namespace": "default"}),

@@ -86,6 +86,16 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
     assert "--namespace=team-b" in args
 
 
+@pytest.mark.parametrize("values", [{}, NAMESPACED])
+def test_pods_are_only_read(values: dict[str, Any]) -> None:
+    """The operator watches its pods for status; nothing may let it change or exec into one."""
+    docs = render(values)
+    rules = [rule for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role") for rule in d["rules"]]
+    verbs = [set(rule["verbs"]) for rule in rules if "pods" in rule["resources"] or "pods/exec" in rule["resources"]]
+    assert verbs
+    assert all(v == {"get", "list", "watch"} for v in verbs), verbs
+
+
 def test_crd_upgrade_hook_carries_every_chart_crd() -> None:
     docs = render()
     configmap = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("crd-upgrade"))

@@ -125,6 +125,12 @@ def test_pod_security_and_volumes() -> None:
     assert strategy == {"maxSurge": 0, "maxUnavailable": 1}
 
 
+def test_a_runtime_that_exits_at_start_leaves_its_last_log_lines_as_termination_message() -> None:
+    spec = _spec()
+    container = _pod(render_deployment(OWNER, spec, _placed(spec)))["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
 def test_cpu_or_unmanaged_pods_get_no_gpu_toleration() -> None:
     spec = _spec()
     pod = _pod(render_deployment(OWNER, spec, Placement(profile=None)))

@@ -156,6 +156,9 @@ def _container(spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str
         "ports": [{"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"}],
         "resources": _resources(spec, placement),
         "volumeMounts": mounts,
+        # A runtime that exits at start (an unknown NIM_MODEL_PROFILE, a model that fails to load) writes
+        # no termination message file; its last log lines become the message, which status then shows.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
