@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class Phase(enum.Enum):
@@ -47,6 +47,7 @@ class Lifecycle:
         self._idle = asyncio.Event()
         self._idle.set()
         self._engine_dead: Callable[[], bool] | None = None
+        self._kept_connections: frozenset[tuple[str, int]] = frozenset()
 
     @property
     def in_flight(self) -> int:
@@ -80,12 +81,25 @@ class Lifecycle:
             return False
         return True
 
-    def start_draining(self) -> bool:
-        """Stop accepting; False when already draining or the engine is dead (nothing left to drain)."""
+    def start_draining(self, open_connections: Iterable[tuple[str, int]] = ()) -> bool:
+        """Stop accepting; False when already draining or the engine is dead (nothing left to drain).
+
+        ``open_connections`` are the client addresses of the connections open at this moment. Behind a
+        Service, the pod left the endpoints before its SIGTERM (the preStop pause), so new connections no
+        longer arrive, but a client's pooled keep-alive connection still leads here: its requests are
+        served (each answer closing the connection, so the client reconnects to another pod) instead of
+        refused. Requests on connections opened after this moment are refused: they come from routing
+        that has not caught up and do better retried elsewhere.
+        """
         if self.phase in (Phase.DRAINING, Phase.ENGINE_DEAD):
             return False
         self.phase = Phase.DRAINING
+        self._kept_connections = frozenset(open_connections)
         return True
+
+    def serves_while_draining(self, client: tuple[str, int] | None) -> bool:
+        """Whether a request from ``client`` is served during the drain (see :meth:`start_draining`)."""
+        return self.phase is Phase.DRAINING and client is not None and tuple(client) in self._kept_connections
 
     def request_started(self) -> None:
         self._in_flight += 1

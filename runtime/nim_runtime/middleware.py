@@ -61,6 +61,10 @@ class Gatekeeper:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.lifecycle.phase is Phase.DRAINING:
+                    # Every answer during the drain ends its connection: the client's next request opens
+                    # a new one, which the Service sends to a pod that is not going away.
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         inference = method == "POST" and is_protected(path)
@@ -105,7 +109,8 @@ class Gatekeeper:
         if length.isdigit() and int(length) > self.max_request_bytes:
             message = f"Request body of {length} bytes exceeds the limit of {self.max_request_bytes} bytes"
             return 413, error_body(413, message), {}
-        if inference and (not self.lifecycle.engine_alive() or self.lifecycle.phase is not Phase.READY):
+        serving = self.lifecycle.phase is Phase.READY or self.lifecycle.serves_while_draining(scope.get("client"))
+        if inference and (not self.lifecycle.engine_alive() or not serving):
             retry = {"retry-after": "5"} if self.lifecycle.phase is Phase.LOADING else {}
             message = {
                 Phase.LOADING: "The model is still loading; retry when /v1/health/ready answers 200",

@@ -2,8 +2,10 @@
 
 Uvicorn's own SIGTERM handling stops accepting connections at once, so Kubernetes would see refused
 probes instead of a 503 and clients mid-stream would race the exit. Here SIGTERM only flips the
-lifecycle to draining: readiness answers 503, new inference requests get 503, and uvicorn is asked to
-exit once the in-flight requests (streams included) are done or NIM_DRAIN_TIMEOUT has passed.
+lifecycle to draining: readiness answers 503, inference requests on connections opened after the
+SIGTERM get 503 while those on connections already open (a client's keep-alive pool) are served, every
+answer closing its connection, and uvicorn is asked to exit once the in-flight requests (streams
+included) are done or NIM_DRAIN_TIMEOUT has passed.
 
 A dead engine (its core process exited: OOM-killed, crashed) cannot come back inside this process, as
 with vLLM's own server. Once the engine client reports it dead, probes and inference requests answer 503,
@@ -61,7 +63,9 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         lifecycle = self.ctx.lifecycle
-        lifecycle.start_draining()
+        # uvicorn's set of open connections; each protocol knows its peer's address.
+        open_clients = [c for conn in self.server_state.connections if (c := getattr(conn, "client", None))]
+        lifecycle.start_draining(open_clients)
         timeout = self.ctx.config.drain_timeout
         logger.info("Draining: %d request(s) in flight, waiting up to %.0f s", lifecycle.in_flight, timeout)
         if not await lifecycle.wait_idle(timeout):

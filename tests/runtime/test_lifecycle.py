@@ -76,9 +76,17 @@ def test_sigterm_drains_in_flight_stream_then_exits_0(tiny: Server) -> None:
     reader = threading.Thread(target=consume)
     reader.start()
     assert first_chunk.wait(60)
+    # A client with a pooled keep-alive connection, opened before the SIGTERM (as a Service's client
+    # whose connection still leads to this pod after its endpoints are gone).
+    pooled = httpx.Client(base_url=tiny.url, headers=auth(), timeout=60)
+    assert pooled.get("/v1/metadata").status_code == 200
     tiny.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     if tiny.proc.poll() is None:
+        kept = pooled.post("/v1/completions", json={**request, "stream": False, "max_tokens": 4})
+        assert kept.status_code == 200, kept.text  # served, not refused ...
+        assert kept.headers["connection"] == "close"  # ... and its connection ends with the answer
+        pooled.close()
         ready = httpx.get(f"{tiny.url}/v1/health/ready")
         assert ready.status_code == 503
         assert ready.json()["object"] == "health.response"

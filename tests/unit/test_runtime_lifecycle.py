@@ -67,6 +67,26 @@ async def test_probes_while_loading_and_draining(ctx: RuntimeContext) -> None:
         assert (await client.get("/v1/manifest")).json()["name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+async def test_draining_serves_connections_opened_before_it_and_closes_them(ctx: RuntimeContext) -> None:
+    ctx.lifecycle.mark_ready()
+    pooled = httpx.ASGITransport(app=create_app(ctx), client=("10.245.0.7", 40000))
+    late = httpx.ASGITransport(app=create_app(ctx), client=("10.245.0.7", 40001))
+    ctx.lifecycle.start_draining([("10.245.0.7", 40000)])
+    auth = {"authorization": "Bearer k"}
+    async with httpx.AsyncClient(transport=pooled, base_url="http://t") as client:
+        # Past the drain gate: no engine here, so the route itself answers, but not with the drain's refusal.
+        kept = await client.post("/v1/chat/completions", json={}, headers=auth)
+        assert "shutting down" not in kept.json()["error"]["message"], kept.text
+        assert kept.headers["connection"] == "close"
+        probe = await client.get("/v1/health/ready")
+        assert probe.status_code == 503
+        assert probe.headers["connection"] == "close"
+    async with httpx.AsyncClient(transport=late, base_url="http://t") as client:
+        refused = await client.post("/v1/chat/completions", json={}, headers=auth)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["type"] == "ServiceUnavailableError"
+
+
 @pytest.mark.parametrize(
     ("in_flight", "limit", "admitted"),
     [(0, 0, True), (10_000, 0, True), (0, 1, True), (1, 1, False), (3, 4, True), (4, 4, False), (5, 4, False)],
