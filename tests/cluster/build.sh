@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane and the real nodes' kubelet and kube-proxy
 # (etcd + kube-apiserver + controller-manager + scheduler + kubelet + kube-proxy
-# in one multi-call binary), kwok and helm from Go modules, and the images every
-# real node needs, into a per-user cache keyed by their versions. Re-running is a no-op when the
+# in one multi-call binary), kwok, helm and the add-ons (CoreDNS, local-path-provisioner) from Go
+# modules, and the images every real node needs, into a per-user cache keyed by their versions. Re-running is a no-op when the
 # binaries for the current versions exist.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -44,6 +44,30 @@ else
     mv "$TMP" "$BIN"
     trap - EXIT
     echo "cold build took $(( $(date +%s) - start ))s"
+fi
+
+# CoreDNS and rancher's local-path-provisioner, each from its own module (their own go.mod pins
+# their k8s.io versions), built side by side: they share no packages worth waiting on each other for.
+ADDONS=$(addons_dir)
+if [[ -x $ADDONS/coredns && -x $ADDONS/local-path-provisioner ]]; then
+    echo "cluster add-ons cached in $ADDONS"
+else
+    start=$(date +%s)
+    TMP="$ADDONS.tmp.$$"
+    rm -rf "$TMP"
+    mkdir -p "$TMP"
+    trap 'rm -rf "$TMP"' EXIT
+    export GOFLAGS=-trimpath CGO_ENABLED=0
+    GOBIN="$TMP" go install -ldflags="-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" &
+    dns=$!
+    GOBIN="$TMP" go install -ldflags="-s -w" "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION" &
+    lpp=$!
+    wait "$dns"
+    wait "$lpp"
+    rm -rf "$ADDONS"
+    mv "$TMP" "$ADDONS"
+    trap - EXIT
+    echo "cluster add-ons built in $(( $(date +%s) - start ))s"
 fi
 
 # Images the real nodes need before they can run anything: the pod sandbox (pause) and a Debian

@@ -14,7 +14,7 @@ PIDS=$STATE/pids
 ours() {
     local argv0
     argv0=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | head -n1) || return 1
-    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == */buildkitd || $argv0 == containerd || $argv0 == */containerd ]]
+    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == */coredns || $argv0 == */local-path-provisioner || $argv0 == */buildkitd || $argv0 == containerd || $argv0 == */containerd ]]
 }
 
 stopped=()
@@ -33,6 +33,8 @@ stop_pid() {
 }
 
 stop_pid buildkitd
+stop_pid local-path-provisioner
+stop_pid coredns
 nodes_down
 for c in kwok scheduler controller-manager apiserver etcd; do stop_pid "$c"; done
 

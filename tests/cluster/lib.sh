@@ -7,6 +7,10 @@ REPO=$(cd "$CLUSTER_DIR/../.." && pwd)
 # Pinned tool versions; the Kubernetes release is whatever go.mod requires.
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+# Cluster add-ons from their own projects, built by `go install` into a cache of their own (addons_dir)
+# so that bumping one does not rebuild the control plane.
+COREDNS_VERSION=v1.15.0
+LOCAL_PATH_VERSION=v0.0.37
 
 # Go is not always on PATH for non-login shells.
 if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
@@ -33,6 +37,12 @@ cache_key() {
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/nim-operator/cluster"
 # NIM_CLUSTER_BIN points at hand-built binaries when debugging the control plane itself.
 bin_dir() { echo "${NIM_CLUSTER_BIN:-$CACHE_ROOT/$(cache_key)/bin}"; }
+addons_dir() {
+    local key
+    key=$(echo "coredns=$COREDNS_VERSION local-path=$LOCAL_PATH_VERSION $(go env GOVERSION GOOS GOARCH)" |
+        sha256sum | cut -c1-16)
+    echo "$CACHE_ROOT/addons-$key/bin"
+}
 
 # State of a running cluster lives in the repo so tests find it by path.
 STATE="${NIM_CLUSTER_STATE:-$REPO/.cache/cluster}"
@@ -41,15 +51,20 @@ ETCD_PEER_PORT="${NIM_CLUSTER_ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"
 
 # Real nodes (real-nodes.sh): network, images every node needs before any pull, and the DNS address
-# the kubelets hand to pods (no server answers there yet: CoreDNS is still to come).
+# the kubelets hand to pods (the kube-dns Service, in front of CoreDNS on the host's bridge address).
 REAL_NODE_COUNT="${NIM_REAL_NODES:-2}"
 REAL_BRIDGE=nimbr0
 REAL_HOST_IP=10.251.0.1
 CLUSTER_DNS_IP=10.96.0.10
+# Loopback ports of the add-ons' own health endpoints (up.sh waits on them).
+COREDNS_READY_PORT=18181
+LOCAL_PATH_HEALTH_PORT=18182
 PAUSE_IMAGE=localhost/nim-pause:1
 # Built by build.sh next to the binaries, imported into every node's containerd by up.sh.
 node_images_dir() { echo "$(dirname "$(bin_dir)")/images"; }
 # The Debian base image (bookworm's Python 3.11, the same minor as the project's): tini for PID 1,
 # libgomp for vLLM's CPU kernels, ca-certificates for TLS.
+# Real nodes that hold the runtime image (comma-separated indexes): e2e NIMServices pin to real-0.
+RUNTIME_NODES="${NIM_RUNTIME_NODES:-0}"
 BASE_IMAGE=localhost/nim-base:bookworm
 BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,tini

@@ -18,6 +18,7 @@ COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
 done
+COMPONENTS+=(coredns local-path-provisioner)
 NODE_IMAGES_DIR=$(node_images_dir)
 
 readyz() {
@@ -47,7 +48,8 @@ t0=$EPOCHREALTIME
 "$CLUSTER_DIR/down.sh" >/dev/null
 
 BIN=$(bin_dir)
-if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR ]]; then
+ADDONS=$(addons_dir)
+if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR || ! -x $ADDONS/coredns ]]; then
     "$CLUSTER_DIR/build.sh"
 fi
 CP=$BIN/k8s-control-plane
@@ -242,6 +244,47 @@ wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
 wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
 # The node lifecycle controller removes its not-ready taints a moment after
 # Ready; until then the scheduler would back off pods for up to 10 s.
+# Cluster DNS: CoreDNS on the host's bridge address, answering from the API (its kubernetes plugin)
+# and forwarding other names to the host's resolver, behind the kube-dns Service (addons.yaml).
+cat >"$STATE/Corefile" <<EOF
+.:53 {
+    bind $REAL_HOST_IP
+    errors
+    ready 127.0.0.1:$COREDNS_READY_PORT
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $PKI/admin.kubeconfig
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }
+    forward . /etc/resolv.conf
+    cache 5
+}
+EOF
+start coredns "$ADDONS/coredns" -conf "$STATE/Corefile"
+# The default StorageClass: a directory per volume under each real node's own path.
+LOCAL_PATH=$STATE/local-path
+mkdir -p "$LOCAL_PATH"
+{
+    printf '{"nodePathMap": ['
+    for ((n = 0; n < REAL_NODE_COUNT; n++)); do
+        printf '{"node": "real-%d", "paths": ["%s/real-%d"]}, ' "$n" "$LOCAL_PATH" "$n"
+    done
+    printf '{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["%s/other"]}]}\n' "$LOCAL_PATH"
+} >"$LOCAL_PATH/config.json"
+wait_for "add-on objects" 30 k apply -f "$CLUSTER_DIR/addons.yaml"
+start local-path-provisioner "$ADDONS/local-path-provisioner" start \
+    --kubeconfig="$PKI/admin.kubeconfig" \
+    --namespace=local-path-storage \
+    --config="$LOCAL_PATH/config.json" \
+    --configmap-name=local-path-config \
+    --service-account-name=local-path-helper \
+    --helper-image="$BASE_IMAGE" \
+    --provisioner-name=rancher.io/local-path \
+    --health-port="$LOCAL_PATH_HEALTH_PORT"
+wait_for "CoreDNS ready" 30 curl -sf --max-time 2 "http://127.0.0.1:$COREDNS_READY_PORT/ready"
+wait_for "local-path-provisioner healthy" 30 curl -sf --max-time 2 "http://127.0.0.1:$LOCAL_PATH_HEALTH_PORT/ready"
+
 no_condition_taints() {
     local keys
     keys=$(k get nodes -o jsonpath='{.items[*].spec.taints[*].key}') || return 1

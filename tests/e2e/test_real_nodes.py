@@ -1,105 +1,28 @@
 """The real worker nodes: pods run under a kubelet and containerd, and behave as in any cluster.
 
 A web pod on one real node and a client pod on the other prove scheduling past the real-node taint,
-the kubelet's readiness probe, pod-to-pod routing between nodes, a ClusterIP Service through
-kube-proxy (nftables), the in-cluster API through the `kubernetes` Service with a ServiceAccount
-token, and the apiserver-to-kubelet paths behind `kubectl logs`, `exec` and `port-forward`.
+the kubelet's readiness probe, pod-to-pod routing between nodes, a Service by its DNS name (CoreDNS)
+through kube-proxy (nftables), the in-cluster API through the `kubernetes` Service with a ServiceAccount
+token, and the apiserver-to-kubelet paths behind `kubectl logs`, `exec` and `port-forward`. A claim
+on the default StorageClass binds to a directory on the node of its first consumer and outlives it.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from tests.conftest import Cluster, free_port
+from tests.e2e.conftest import KUBECTL, REAL_NODE_LABEL, apply, finished_pod_logs, kubectl, pod
 from tests.operator.conftest import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
-
-KUBECTL = Path(sys.executable).parent / "kubectl"
-BASE_IMAGE = "localhost/nim-base:bookworm"
-REAL_NODE_LABEL = "nimoperator.dev/real-node"
-TOLERATE_REAL = [{"key": REAL_NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}]
-RESTRICTED_POD = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "runAsGroup": 2000,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
-
-
-def kubectl(cluster: Cluster, *args: str, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        [str(KUBECTL), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
-    return proc.stdout
-
-
-def pod(name: str, node: str, command: list[str], **extra: Any) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": name,
-        "image": BASE_IMAGE,
-        "imagePullPolicy": "Never",
-        "command": command,
-        "securityContext": RESTRICTED_CONTAINER,
-        **extra,
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": TOLERATE_REAL,
-            "securityContext": RESTRICTED_POD,
-            "restartPolicy": "Never",
-            "containers": [container],
-        },
-    }
-
-
-def apply(cluster: Cluster, namespace: str, *objects: dict[str, Any]) -> None:
-    manifest = yaml.safe_dump_all(objects)
-    proc = subprocess.run(
-        [str(KUBECTL), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace, "apply", "-f", "-"],
-        input=manifest,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-
-
-def finished_pod_logs(cluster: Cluster, namespace: str, name: str) -> str:
-    core = client.CoreV1Api(cluster.api)
-    phase = wait_for(
-        lambda: (p := core.read_namespaced_pod(name, namespace).status.phase) in ("Succeeded", "Failed") and p,
-        timeout=120,
-        what=f"pod {name} to finish",
-    )
-    logs = kubectl(cluster, "-n", namespace, "logs", name)
-    assert phase == "Succeeded", f"{name} ended {phase}:\n{logs}"
-    return logs
 
 
 def test_both_real_nodes_are_ready_tainted_and_left_alone_by_kwok(cluster: Cluster) -> None:
@@ -141,15 +64,17 @@ def test_service_across_nodes_api_access_logs_exec_and_port_forward(cluster: Clu
     assert web_pod.status.pod_ip.startswith("10.245.0."), web_pod.status.pod_ip
     cluster_ip = core.read_namespaced_service("web", namespace).spec.cluster_ip
 
-    # From the other node: the Service's virtual IP, then the API server through `kubernetes`.
-    # Endpoints reach each node's kube-proxy a moment after the pod turns Ready; until then the
-    # virtual IP rejects connections (as in any cluster), so the client retries a refusal briefly.
+    # From the other node: the Service by its DNS name (cluster DNS, then kube-proxy), then the API
+    # server through `kubernetes`. Endpoints reach each node's kube-proxy a moment after the pod turns
+    # Ready; until then the virtual IP rejects connections (as in any cluster), so the client retries
+    # a refusal briefly.
     client_script = f"""
-import json, ssl, time, urllib.request
+import json, socket, ssl, time, urllib.request
+print(socket.gethostbyname("web.{namespace}.svc"))
 deadline = time.monotonic() + 30
 while True:
     try:
-        print(urllib.request.urlopen("http://{cluster_ip}/hostname", timeout=10).read().decode().strip())
+        print(urllib.request.urlopen("http://web.{namespace}.svc/hostname", timeout=10).read().decode().strip())
         break
     except urllib.error.URLError as e:
         if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
@@ -164,8 +89,9 @@ print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["gitVersio
 """
     apply(cluster, namespace, pod("client", "real-1", ["python3", "-c", client_script]))
     lines = finished_pod_logs(cluster, namespace, "client").split()
-    assert lines[0] == "web", lines
-    assert lines[1].startswith("v1."), lines
+    assert lines[0] == cluster_ip, lines
+    assert lines[1] == "web", lines
+    assert lines[2].startswith("v1."), lines
 
     # kubectl logs: the server logged the client's request and the kubelet's probes.
     assert "GET /hostname" in kubectl(cluster, "-n", namespace, "logs", "web")
@@ -201,3 +127,55 @@ print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["gitVersio
         forward.terminate()
         forward.wait(timeout=10)
     print(json.dumps({"web_ready_s": round(ready_s, 1)}))
+
+
+def test_default_storage_class_binds_on_the_consumers_node_and_keeps_data(cluster: Cluster, namespace: str) -> None:
+    storage = client.StorageV1Api(cluster.api)
+    defaults = [
+        sc.metadata.name
+        for sc in storage.list_storage_class().items
+        if (sc.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+    ]
+    assert defaults == ["local-path"], defaults
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    volume = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}
+    mount = {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    writer = pod("writer", "real-1", ["sh", "-c", "echo kept > /data/note && id -u"], **mount)
+    writer["spec"].update(volume)
+    apply(cluster, namespace, claim, writer)
+    assert finished_pod_logs(cluster, namespace, "writer").strip() == "1000"
+
+    core = client.CoreV1Api(cluster.api)
+    pvc = core.read_namespaced_persistent_volume_claim("data", namespace)
+    assert pvc.status.phase == "Bound"
+    assert pvc.spec.storage_class_name == "local-path"
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    terms = pv.spec.node_affinity.required.node_selector_terms
+    assert [v for t in terms for e in t.match_expressions for v in e.values] == ["real-1"]
+    host_dir = Path(pv.spec.host_path.path if pv.spec.host_path else pv.spec.local.path)
+    assert (host_dir / "note").read_text() == "kept\n"
+
+    # A later pod on the same claim sees what the first wrote.
+    reader = pod("reader", "real-1", ["cat", "/data/note"], **mount)
+    reader["spec"].update(volume)
+    apply(cluster, namespace, reader)
+    assert finished_pod_logs(cluster, namespace, "reader").strip() == "kept"
+
+    # Deleting the claim (after its pods) deletes the volume and its directory (reclaimPolicy Delete).
+    kubectl(cluster, "-n", namespace, "delete", "pod", "writer", "reader", "--wait=true", timeout=90)
+    kubectl(cluster, "-n", namespace, "delete", "pvc", "data", "--wait=true", timeout=90)
+
+    def volume_gone() -> bool:
+        try:
+            core.read_persistent_volume(pv.metadata.name)
+        except client.ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(volume_gone, timeout=90, what=f"volume {pv.metadata.name} to be deleted")
+    wait_for(lambda: not host_dir.exists(), timeout=30, what=f"{host_dir} to be removed")
