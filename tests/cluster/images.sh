@@ -15,6 +15,9 @@ BIN=$(bin_dir)
 IMAGES=$(node_images_dir)
 BUILDKIT_ROOT=$CACHE_ROOT/buildkit
 BUILDKIT_SOCK=$STATE/buildkitd.sock
+# What BuildKit's cache may keep after a build (MB, least recently used goes first): the last runtime
+# build (its layers, its uv downloads) fits; older bases and trees do not pile up on a shared disk.
+BUILDKIT_KEEP_MB=20000
 LOGS=$STATE/logs
 PIDS=$STATE/pids
 mkdir -p "$LOGS" "$PIDS" "$BUILDKIT_ROOT"
@@ -113,6 +116,7 @@ build() {
         echo "$name: built and imported into real-$i in $(($(date +%s) - t0))s" \
             "($(ctr --address "$(sock "$i")" -n k8s.io images ls | awk -v n="$name" '$1 == n { print $4, $5 }'))"
     done
+    "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" prune --keep-storage "$BUILDKIT_KEEP_MB" >/dev/null
 }
 
 # The operator may run on any real node; the runtime image (about 7 GB unpacked, twice that on disk

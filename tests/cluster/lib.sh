@@ -28,8 +28,8 @@ k8s_version() {
 cache_key() {
     {
         cat "$CLUSTER_DIR/go.mod" "$CLUSTER_DIR/go.sum" "$CLUSTER_DIR"/*.go "$CLUSTER_DIR"/pause/*.go
-        cat "$CLUSTER_DIR/tools/go.mod" "$CLUSTER_DIR/tools/go.sum" "$CLUSTER_DIR/oci_image.py"
-        echo "kwok=$KWOK_VERSION helm=$HELM_VERSION base=$BASE_PACKAGES"
+        cat "$CLUSTER_DIR/tools/go.mod" "$CLUSTER_DIR/tools/go.sum"
+        echo "kwok=$KWOK_VERSION helm=$HELM_VERSION"
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -c1-16
 }
@@ -61,10 +61,20 @@ COREDNS_READY_PORT=18181
 LOCAL_PATH_HEALTH_PORT=18182
 PAUSE_IMAGE=localhost/nim-pause:1
 # Built by build.sh next to the binaries, imported into every node's containerd by up.sh.
-node_images_dir() { echo "$(dirname "$(bin_dir)")/images"; }
+# Keyed apart from the binaries: a new base package rebuilds the images, not the control plane.
+node_images_dir() {
+    local key
+    key=$({
+        cat "$CLUSTER_DIR"/pause/*.go "$CLUSTER_DIR/oci_image.py"
+        echo "base=$BASE_PACKAGES"
+        go env GOVERSION GOOS GOARCH
+    } | sha256sum | cut -c1-16)
+    echo "$CACHE_ROOT/node-base-$key"
+}
 # The Debian base image (bookworm's Python 3.11, the same minor as the project's): tini for PID 1,
-# libgomp for vLLM's CPU kernels, ca-certificates for TLS.
+# libgomp and libnuma for vLLM's CPU kernels (without libnuma its vllm._C fails to load and the engine's
+# worker dies at start), ca-certificates for TLS.
 # Real nodes that hold the runtime image (comma-separated indexes): e2e NIMServices pin to real-0.
 RUNTIME_NODES="${NIM_RUNTIME_NODES:-0}"
 BASE_IMAGE=localhost/nim-base:bookworm
-BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,tini
+BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,libnuma1,tini

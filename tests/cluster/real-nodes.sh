@@ -136,8 +136,12 @@ clusterDNS: [$CLUSTER_DNS_IP]
 clusterDomain: cluster.local
 registerWithTaints:
 - {key: nimoperator.dev/real-node, value: "true", effect: NoSchedule}
-# The disk is shared with everything else on the machine: never evict or collect images over it.
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
+# The disk is shared with everything else on the machine: never evict or collect images over it. Under
+# disk pressure the kubelet deletes every image no container uses (the pause and base images too, which
+# no registry can give back), so the disk signals are off ("0%" disables a threshold); a full disk then
+# fails loudly instead of quietly emptying the nodes.
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", nodefs.inodesFree: "0%",
+  imagefs.available: "0%", imagefs.inodesFree: "0%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
