@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,15 +148,30 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
 
 
-def engine_environment(config: RuntimeConfig, *, cpu: bool, cpu_count: int) -> dict[str, str]:
+def cpu_list(cpus: Iterable[int]) -> str:
+    """CPU ids in the list syntax of cpusets and of ``VLLM_CPU_OMP_THREADS_BIND``: ``[0, 1, 2, 5]`` -> "0-2,5"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def engine_environment(config: RuntimeConfig, *, cpu: bool, cpus: Sequence[int]) -> dict[str, str]:
     """The variables vLLM and Hugging Face read at import time, as this runtime wants them.
 
     Why each: model hubs are unreachable in a cluster (and we never fetch at run time, except through an
     explicit ``hf://`` source, which leaves offline mode to the user); vLLM's usage reporting phones
     home; its compile cache belongs in the model cache volume, not in a read-only home directory. The
     CPU settings were measured on 2 cores: one OpenMP thread per core, no reserved core and a 1 GiB KV
-    cache halve start-up time and nearly double throughput. The caller only applies the variables the
-    user has not set.
+    cache halve start-up time and nearly double throughput. OpenMP threads are bound to the CPUs this
+    process may run on (its cpuset: exclusive under the kubelet's static CPU manager, the whole node
+    otherwise): vLLM's own "auto" binding takes one logical CPU per physical core, which on two SMT
+    siblings is one CPU, and the same CPU for every vLLM pod of a node, so two pods (a rollout's new one
+    starting beside the old one under load) share one CPU while the other idles. The caller only
+    applies the variables the user has not set.
     """
     wanted = {
         "HF_HUB_OFFLINE": "1",
@@ -173,7 +188,8 @@ def engine_environment(config: RuntimeConfig, *, cpu: bool, cpu_count: int) -> d
     }
     if cpu:
         wanted |= {
-            "OMP_NUM_THREADS": str(max(1, cpu_count)),
+            "OMP_NUM_THREADS": str(max(1, len(cpus))),
+            "VLLM_CPU_OMP_THREADS_BIND": cpu_list(cpus) if cpus else "nobind",
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "VLLM_CPU_KVCACHE_SPACE": "1",
         }
@@ -188,9 +204,9 @@ def apply_engine_environment(
     Must run before vLLM (or torch) is imported: both read these once.
     """
     target: MutableMapping[str, str] = os.environ if env is None else env
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     applied = {}
-    for name, value in engine_environment(config, cpu=cpu, cpu_count=count).items():
+    for name, value in engine_environment(config, cpu=cpu, cpus=cpus).items():
         if name not in target:
             target[name] = value
             applied[name] = value

@@ -145,6 +145,9 @@ evictionHard: {memory.available: 100Mi, nodefs.available: "0%", nodefs.inodesFre
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# One directory per node: in the shared default (/var/log/pods) each kubelet's log GC deletes the other
+# node's pod logs as those of pods it does not know, and kubectl logs comes back empty.
+podLogsDir: $dir/pod-logs
 nodeStatusReportFrequency: 10s
 EOF
     cat >"$dir/kube-proxy.yaml" <<EOF
@@ -224,6 +227,8 @@ nodes_down() {
         fi
         stop_pid "containerd-$name"
     done
+    # The kubelets' links in /var/log/containers (a fixed path) to the pod logs under the state dir.
+    find /var/log/containers -maxdepth 1 -type l -lname "$NODES_STATE/*" -delete 2>/dev/null || true
     # Mounts the kubelet (volumes) and containerd (rootfs, shm) made under the state dirs.
     for dir in "$NODES_STATE" "$IMAGES_CACHE"; do
         findmnt -rn -o TARGET | awk -v p="$dir/" 'index($0, p) == 1' | sort -r | while read -r m; do

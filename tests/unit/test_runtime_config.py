@@ -14,6 +14,7 @@ from nim_runtime.config import (
     ConfigError,
     RuntimeConfig,
     apply_engine_environment,
+    cpu_list,
     engine_environment,
 )
 
@@ -92,7 +93,20 @@ def test_cpu_environment_is_applied_only_where_unset() -> None:
     assert env["VLLM_CACHE_ROOT"] == "/c/vllm"
 
 
+@pytest.mark.parametrize(
+    ("cpus", "listed"), [([0], "0"), ([0, 1], "0-1"), ([7, 0, 2, 3], "0,2-3,7"), ([4, 5, 6, 9, 10], "4-6,9-10")]
+)
+def test_cpu_list(cpus: list[int], listed: str) -> None:
+    assert cpu_list(cpus) == listed
+
+
+def test_openmp_threads_are_bound_to_every_cpu_this_process_may_use() -> None:
+    wanted = engine_environment(RuntimeConfig(), cpu=True, cpus=[2, 3, 5])
+    assert wanted["OMP_NUM_THREADS"] == "3"
+    assert wanted["VLLM_CPU_OMP_THREADS_BIND"] == "2-3,5"
+
+
 def test_gpu_environment_leaves_threads_alone() -> None:
-    wanted = engine_environment(RuntimeConfig(), cpu=False, cpu_count=64)
+    wanted = engine_environment(RuntimeConfig(), cpu=False, cpus=range(64))
     assert "OMP_NUM_THREADS" not in wanted
     assert wanted["TRANSFORMERS_OFFLINE"] == "1"
