@@ -159,19 +159,22 @@ def cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def engine_environment(config: RuntimeConfig, *, cpu: bool, cpus: Sequence[int]) -> dict[str, str]:
+def engine_environment(
+    config: RuntimeConfig, *, cpu: bool, cpus: Sequence[int], online: int | None = None
+) -> dict[str, str]:
     """The variables vLLM and Hugging Face read at import time, as this runtime wants them.
 
     Why each: model hubs are unreachable in a cluster (and we never fetch at run time, except through an
     explicit ``hf://`` source, which leaves offline mode to the user); vLLM's usage reporting phones
     home; its compile cache belongs in the model cache volume, not in a read-only home directory. The
     CPU settings were measured on 2 cores: one OpenMP thread per core, no reserved core and a 1 GiB KV
-    cache halve start-up time and nearly double throughput. OpenMP threads are bound to the CPUs this
-    process may run on (its cpuset: exclusive under the kubelet's static CPU manager, the whole node
-    otherwise): vLLM's own "auto" binding takes one logical CPU per physical core, which on two SMT
-    siblings is one CPU, and the same CPU for every vLLM pod of a node, so two pods (a rollout's new one
-    starting beside the old one under load) share one CPU while the other idles. The caller only
-    applies the variables the user has not set.
+    cache halve start-up time and nearly double throughput. OpenMP threads are pinned only when this
+    process has CPUs of its own (its cpuset, ``cpus``, is a part of the ``online`` CPUs: the kubelet's
+    static CPU manager gives a Guaranteed pod exclusive ones); on a shared node they float. vLLM's own
+    "auto" binding takes one logical CPU per physical core (one CPU of two SMT siblings) and the same
+    CPU for every vLLM pod of the node: a rollout's new pod then started pinned to the CPU the old
+    pod's spinning worker held, and waited minutes on the run queue. The caller only applies the
+    variables the user has not set.
     """
     wanted = {
         "HF_HUB_OFFLINE": "1",
@@ -189,7 +192,7 @@ def engine_environment(config: RuntimeConfig, *, cpu: bool, cpus: Sequence[int])
     if cpu:
         wanted |= {
             "OMP_NUM_THREADS": str(max(1, len(cpus))),
-            "VLLM_CPU_OMP_THREADS_BIND": cpu_list(cpus) if cpus else "nobind",
+            "VLLM_CPU_OMP_THREADS_BIND": cpu_list(cpus) if cpus and len(cpus) < (online or 0) else "nobind",
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "VLLM_CPU_KVCACHE_SPACE": "1",
         }
@@ -206,7 +209,7 @@ def apply_engine_environment(
     target: MutableMapping[str, str] = os.environ if env is None else env
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     applied = {}
-    for name, value in engine_environment(config, cpu=cpu, cpus=cpus).items():
+    for name, value in engine_environment(config, cpu=cpu, cpus=cpus, online=os.cpu_count()).items():
         if name not in target:
             target[name] = value
             applied[name] = value

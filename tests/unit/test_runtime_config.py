@@ -100,10 +100,15 @@ def test_cpu_list(cpus: list[int], listed: str) -> None:
     assert cpu_list(cpus) == listed
 
 
-def test_openmp_threads_are_bound_to_every_cpu_this_process_may_use() -> None:
-    wanted = engine_environment(RuntimeConfig(), cpu=True, cpus=[2, 3, 5])
-    assert wanted["OMP_NUM_THREADS"] == "3"
-    assert wanted["VLLM_CPU_OMP_THREADS_BIND"] == "2-3,5"
+def test_openmp_threads_are_pinned_only_to_cpus_of_our_own() -> None:
+    # An exclusive cpuset (the static CPU manager): one thread per CPU of it, pinned.
+    owned = engine_environment(RuntimeConfig(), cpu=True, cpus=[2, 3, 5], online=8)
+    assert owned["OMP_NUM_THREADS"] == "3"
+    assert owned["VLLM_CPU_OMP_THREADS_BIND"] == "2-3,5"
+    # Every CPU of a shared node: threads float, so other pods' processes are not starved on one CPU.
+    shared = engine_environment(RuntimeConfig(), cpu=True, cpus=[0, 1], online=2)
+    assert shared["OMP_NUM_THREADS"] == "2"
+    assert shared["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
 
 
 def test_gpu_environment_leaves_threads_alone() -> None:
