@@ -2,7 +2,8 @@
 # The main job, end to end on this machine:
 #   1. the local control plane with simulated H100 / L40S / A10G / CPU node pools,
 #   2. the operator placing three NIMServices from the nodes' GPU labels,
-#   3. the runtime serving the embedded model on the CPU, answering an OpenAI chat request.
+#   3. our runtime image on a real node (kubelet + containerd), serving the embedded model on the CPU
+#      and answering an OpenAI chat request through its Service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -16,7 +17,7 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "Local control plane (kube-apiserver, controller-manager, scheduler, kwok)"
+step "Local cluster (control plane, kwok GPU pools, two real nodes, CoreDNS, local-path storage)"
 tests/cluster/up.sh
 "${KUBECTL[@]}" get nodes -L nvidia.com/gpu.product -L nvidia.com/gpu.count
 
@@ -41,20 +42,27 @@ done
 echo "why llama-3-1-8b runs where it runs:"
 "${KUBECTL[@]}" -n demo get nimservice llama-3-1-8b -o jsonpath='{.status.profile.reason}{"\n"}'
 
-step "The runtime: the embedded SmolLM2 on the CPU, through the OpenAI API"
+step "Our images, built from our Dockerfiles with BuildKit into the real nodes (make images)"
+tests/cluster/images.sh
+
+step "SmolLM2 on a real node: a kubelet runs the runtime image; the probes gate readiness"
+"${KUBECTL[@]}" -n demo apply -f examples/smollm2-real-node.yaml
+started=$SECONDS
+"${KUBECTL[@]}" -n demo wait --for=jsonpath='{.status.state}'=Ready nimservice/smollm2-cpu --timeout=600s
+echo "Ready after $((SECONDS - started)) s"
+"${KUBECTL[@]}" -n demo get pods -l app.kubernetes.io/instance=smollm2-cpu -o wide
+
+step "Chat through the Service (kubectl port-forward svc/smollm2-cpu)"
 PORT=18000
-NIM_SERVER_PORT=$PORT .venv/bin/nim-runtime >"$LOGS/runtime.log" 2>&1 &
+"${KUBECTL[@]}" -n demo port-forward svc/smollm2-cpu "$PORT:8000" >"$LOGS/port-forward.log" 2>&1 &
 pids+=($!)
-printf 'waiting for /v1/health/ready'
-for _ in $(seq 240); do
-  curl -sf "http://127.0.0.1:$PORT/v1/health/ready" >/dev/null && break
-  printf '.'; sleep 1
-done
-echo
+for _ in $(seq 30); do curl -sf "http://127.0.0.1:$PORT/v1/health/ready" >/dev/null && break; sleep 1; done
 curl -sf "http://127.0.0.1:$PORT/v1/metadata" | .venv/bin/python -m json.tool | head -20
 curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' -d '{
   "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
   "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
   "max_tokens": 16, "temperature": 0}' | .venv/bin/python -m json.tool
+echo "the runtime's JSON logs (kubectl logs):"
+"${KUBECTL[@]}" -n demo logs deploy/smollm2-cpu --tail=3
 
 step "Done. The cluster keeps running: make cluster-down stops it. Logs: $LOGS"
