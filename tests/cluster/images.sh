@@ -63,7 +63,8 @@ content_key() {
     {
         echo "$base_digest"
         (cd "$REPO" && git ls-files -z -- "$@" | xargs -0 sha256sum)
-        sha256sum "$REPO/$dockerfile"
+        # From stdin: the path of the checkout must not enter the key (a fresh clone reuses the images).
+        sha256sum <"$REPO/$dockerfile"
     } | sha256sum | cut -c1-16
 }
 
