@@ -68,21 +68,6 @@ content_key() {
     } | sha256sum | cut -c1-16
 }
 
-# prune_stale_ids I: the CRI plugin also lists every image under its id (sha256:<config digest>); once
-# a name points at a new build, the old id alone pins the old image's 7 GB of layers. Remove ids that
-# no named image has; --sync waits for containerd's garbage collection to free the space.
-prune_stale_ids() {
-    local address ref live=" " manifest
-    address=$(sock "$1")
-    for manifest in $(ctr --address "$address" -n k8s.io images ls | awk 'NR > 1 && $1 !~ /^sha256:/ { print $3 }'); do
-        live+="$(ctr --address "$address" -n k8s.io content get "$manifest" |
-            python3 -c 'import json, sys; print(json.load(sys.stdin).get("config", {}).get("digest", ""))') "
-    done
-    for ref in $(ctr --address "$address" -n k8s.io images ls -q | grep '^sha256:'); do
-        [[ $live == *" $ref "* ]] || ctr --address "$address" -n k8s.io images rm --sync "$ref" >/dev/null
-    done
-}
-
 # build NAME DOCKERFILE NODES PATHS...: build unless each of NODES (comma-separated indexes) has
 # this content already. The OCI archive streams from buildctl into the node's containerd: a 7 GB
 # image never lands on the disk a third time (BuildKit's cache and the node's store hold it already).
@@ -129,7 +114,6 @@ build() {
         fi
         mkdir -p "$IMAGES_CACHE/real-$i"
         echo "$key" >"$IMAGES_CACHE/real-$i/${name//[\/:]/_}.key"
-        prune_stale_ids "$i"
         echo "$name: built and imported into real-$i in $(($(date +%s) - t0))s" \
             "($(ctr --address "$(sock "$i")" -n k8s.io images ls | awk -v n="$name" '$1 == n { print $4, $5 }'))"
     done
