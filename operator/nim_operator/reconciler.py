@@ -63,6 +63,12 @@ def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
         return None  # written by an older operator: start afresh
 
 
+def _service_key(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, NIMService name) of a pod the operator's Deployments made, or None."""
+    service = service_of(pod)
+    return None if service is None else (pod["metadata"]["namespace"], service)
+
+
 class _Refusal(Exception):
     """This generation of the spec cannot be reconciled: report the failure, touch nothing more."""
 
@@ -152,11 +158,10 @@ class Reconciler:
         result, a new resourceVersion): readiness itself reaches status through the Deployment's events,
         so such pod events need no reconcile at all.
         """
-        service = service_of(pod)
-        if service is None:
+        key = _service_key(pod)
+        if key is None:
             return None
         meta = pod["metadata"]
-        key = (meta["namespace"], service)
         with self._guard:
             pods = self._pods.setdefault(key, {})
             before = pods.get(meta["name"])
@@ -167,11 +172,10 @@ class Reconciler:
 
     def pod_gone(self, pod: dict[str, Any]) -> tuple[str, str] | None:
         """Forget a deleted pod; the (namespace, name) of its NIMService, whose status may change."""
-        service = service_of(pod)
-        if service is None:
+        key = _service_key(pod)
+        if key is None:
             return None
         meta = pod["metadata"]
-        key = (meta["namespace"], service)
         with self._guard:
             pods = self._pods.get(key, {})
             pods.pop(meta["name"], None)
