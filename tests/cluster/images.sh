@@ -68,6 +68,36 @@ content_key() {
     } | sha256sum | cut -c1-16
 }
 
+# prune_stale_ids I: the CRI plugin also lists every image under its id (sha256:<config digest>); once
+# a name points at a newer build, the old id alone pins the old image's layers. Remove ids that no named
+# image has; --sync waits for containerd's garbage collection. Run before any import, never between
+# two: a collection running beside an import's unpack removed a parent snapshot the unpack had found.
+prune_stale_ids() {
+    local address ref live=" " manifest
+    address=$(sock "$1")
+    for manifest in $(ctr --address "$address" -n k8s.io images ls | awk 'NR > 1 && $1 !~ /^sha256:/ { print $3 }'); do
+        live+="$(ctr --address "$address" -n k8s.io content get "$manifest" |
+            python3 -c 'import json, sys; print(json.load(sys.stdin).get("config", {}).get("digest", ""))') "
+    done
+    for ref in $(ctr --address "$address" -n k8s.io images ls -q | grep '^sha256:'); do
+        [[ $live == *" $ref "* ]] || ctr --address "$address" -n k8s.io images rm --sync "$ref" >/dev/null
+    done
+}
+
+# A build and its import need room for about twice the image (BuildKit's layers, the node's content
+# and snapshots): say so plainly instead of failing halfway with ENOSPC from inside containerd.
+NEED_FREE_GB=20
+require_free_space() {
+    local free_gb
+    free_gb=$(($(df --output=avail -k "$CACHE_ROOT" | tail -n 1) / 1024 / 1024))
+    if ((free_gb < NEED_FREE_GB)); then
+        echo "only ${free_gb} GB free on the disk of $CACHE_ROOT; building the images needs ${NEED_FREE_GB} GB." >&2
+        echo "What the cluster caches hold (after make cluster-down, removing $CACHE_ROOT/node-images and $CACHE_ROOT/buildkit starts the images over):" >&2
+        du -sh "$CACHE_ROOT"/* 2>/dev/null >&2 || true
+        exit 1
+    fi
+}
+
 # build NAME DOCKERFILE NODES PATHS...: build unless each of NODES (comma-separated indexes) has
 # this content already. The OCI archive streams from buildctl into the node's containerd: a 7 GB
 # image never lands on the disk a third time (BuildKit's cache and the node's store hold it already).
@@ -89,6 +119,7 @@ build() {
         echo "$name: up to date ($key)"
         return
     fi
+    require_free_space
     start_buildkitd
     local secret=() log=$LOGS/build-${name//[\/:]/_}.log t0
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] && secret=(--secret "id=cacert,src=/etc/ssl/certs/ca-certificates.crt")
@@ -123,5 +154,8 @@ build() {
 # The operator may run on any real node; the runtime image (about 7 GB unpacked, twice that on disk
 # per node) goes only where e2e NIMServices are pinned (RUNTIME_NODES in lib.sh).
 all_nodes=$(seq -s, 0 $((REAL_NODE_COUNT - 1)))
+for i in ${all_nodes//,/ }; do
+    prune_stale_ids "$i"
+done
 build localhost/nim-operator:dev operator/Dockerfile "$all_nodes" pyproject.toml uv.lock README.md operator runtime
 build localhost/nim-runtime:dev runtime/Dockerfile "$RUNTIME_NODES" pyproject.toml uv.lock README.md operator runtime
