@@ -55,6 +55,9 @@ class RuntimeConfig:
     port: int = DEFAULT_PORT
     cache_path: Path = field(default_factory=lambda: Path(DEFAULT_CACHE_PATH).expanduser())
     max_model_len: int | None = None
+    #: Tokens generated for a request that sets no max_tokens: None = the manifest's default, 0 = no
+    #: default (vLLM's: up to the end of the context).
+    default_max_tokens: int | None = None
     log_level: str = DEFAULT_LOG_LEVEL
     jsonl_logging: bool = False
     passthrough_args: tuple[str, ...] = ()
@@ -92,6 +95,7 @@ class RuntimeConfig:
             port=_int(env, "NIM_SERVER_PORT", DEFAULT_PORT, low=1, high=65535),
             cache_path=Path(get("NIM_CACHE_PATH") or DEFAULT_CACHE_PATH).expanduser(),
             max_model_len=_optional_int(env, "NIM_MAX_MODEL_LEN", low=1),
+            default_max_tokens=_optional_int(env, "NIM_DEFAULT_MAX_TOKENS", low=0),
             log_level=log_level,
             jsonl_logging=_bool(env, "NIM_JSONL_LOGGING", False),
             passthrough_args=passthrough,
