@@ -83,11 +83,11 @@ class Engine:
         self.served_names: list[str] = list(args.served_model_name or [args.model])
 
     @classmethod
-    async def start(cls, args: Namespace, *, niceness: int = 0) -> Engine:
+    async def start(cls, args: Namespace, *, niceness: int = 0, default_max_tokens: int | None = None) -> Engine:
         """Start the engine core (a child process) and build the serving objects; takes seconds.
 
         The engine processes run ``niceness`` below this process's CPU priority (see
-        :mod:`nim_runtime.niceness`).
+        :mod:`nim_runtime.niceness`). ``default_max_tokens`` is what a request without max_tokens gets.
         """
         # Building the config and starting the engine core block for seconds: off the event loop, so
         # health probes keep answering. AsyncLLM starts its output handler lazily when built off-loop.
@@ -96,6 +96,8 @@ class Engine:
             tasks = await client.get_supported_tasks()
             state = State()
             await init_app_state(client, state, args, tasks)
+            if default_max_tokens is not None:
+                _set_default_max_tokens(state, default_max_tokens)
         except BaseException:
             client.shutdown()
             raise
@@ -195,6 +197,20 @@ class Engine:
         """vLLM's model list entries (id, max_model_len, root, parent, permission) as JSON."""
         models = await self._state.openai_serving_models.show_available_models()
         return [card.model_dump(mode="json") for card in models.data]
+
+
+def _set_default_max_tokens(state: State, max_tokens: int) -> None:
+    """Give every generating serving object a default max_tokens that requests may exceed.
+
+    vLLM reads a default from the model's generation_config.json (``max_new_tokens``) into each serving
+    object's ``default_sampling_params``, and uses it only for requests that set none; the same value
+    through ``--override-generation-config`` would instead cap every request. So it is set where vLLM
+    keeps the model's default.
+    """
+    for serving in state._state.values():  # Starlette keeps a State's attributes in this dict
+        defaults = getattr(serving, "default_sampling_params", None)
+        if isinstance(defaults, dict):
+            defaults["max_tokens"] = max_tokens
 
 
 def _create_client(args: Namespace) -> AsyncLLM:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from nim_runtime.context import RuntimeContext
-from nim_runtime.plan import engine_argv, model_source_path
+from nim_runtime.plan import default_max_tokens, engine_argv, model_source_path
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ async def load_engine(ctx: RuntimeContext) -> None:
     logger.info("Loading %s from %s with profile %s", plan.manifest.name, model_dir, plan.profile.id)
     engine_module = await asyncio.to_thread(importlib.import_module, "nim_runtime.engine")
     args = engine_module.build_server_args(engine_argv(plan, config, model_dir))
-    engine = await engine_module.Engine.start(args, niceness=config.engine_niceness)
+    engine = await engine_module.Engine.start(
+        args, niceness=config.engine_niceness, default_max_tokens=default_max_tokens(plan, config)
+    )
     ctx.engine = engine
     ctx.lifecycle.watch_engine(lambda: engine.dead)
     if ctx.lifecycle.phase.value != "loading":  # SIGTERM arrived while loading

@@ -7,6 +7,7 @@ is imported, so a typo in NIM_MODEL_PROFILE stops the process at once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,13 @@ class ServingPlan:
 
     manifest: ModelManifest
     profile: Profile
-    served_name: str
+    #: Every name clients may send as ``model``; answers carry the first.
+    served_names: tuple[str, ...]
     source: str
+
+    @property
+    def served_name(self) -> str:
+        return self.served_names[0]
 
     @property
     def on_cpu(self) -> bool:
@@ -53,19 +59,37 @@ def make_plan(config: RuntimeConfig) -> ServingPlan:
         source = str(path)
         manifest = find_manifest(config.model_name) if config.model_name else None
         if manifest is None:
-            name = config.served_model_name or config.model_name or path.name
+            name = next(iter(_names(config.served_model_name)), None) or config.model_name or path.name
             manifest = custom_manifest(path, name, max_model_len=config.max_model_len)
     # ProfileError (a ValueError) lists the valid ids; the caller reports it and exits.
     profile = select_local_profile(manifest, config.profile)
-    served = config.served_model_name or manifest.model_name
-    return ServingPlan(manifest=manifest, profile=profile, served_name=served, source=source)
+    return ServingPlan(manifest=manifest, profile=profile, served_names=served_names(config, manifest), source=source)
+
+
+def served_names(config: RuntimeConfig, manifest: ModelManifest) -> tuple[str, ...]:
+    """NIM_SERVED_MODEL_NAME split at commas, as NIM does (any of them may be sent), else the manifest's."""
+    return _names(config.served_model_name) or (manifest.model_name,)
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in (value or "").split(",") if name.strip())
+
+
+def default_max_tokens(plan: ServingPlan, config: RuntimeConfig) -> int | None:
+    """Tokens generated for a request that sets no max_tokens; None leaves vLLM's (the rest of the context).
+
+    NIM_DEFAULT_MAX_TOKENS wins over the manifest; 0 there turns the default off.
+    """
+    if config.default_max_tokens is not None:
+        return config.default_max_tokens or None
+    return plan.manifest.generation.max_tokens if plan.manifest.task == "chat" else None
 
 
 def engine_argv(plan: ServingPlan, config: RuntimeConfig, model_dir: Path) -> list[str]:
     """``vllm serve`` arguments: ours first, then the profile's, then NIM_PASSTHROUGH_ARGS (last wins)."""
     argv = [
         "--model", str(model_dir),
-        "--served-model-name", plan.served_name,
+        "--served-model-name", *plan.served_names,
         "--max-model-len", str(config.max_model_len or plan.manifest.max_model_len),
         "--tensor-parallel-size", str(plan.profile.tp),
         "--pipeline-parallel-size", str(plan.profile.pp),
@@ -73,9 +97,15 @@ def engine_argv(plan: ServingPlan, config: RuntimeConfig, model_dir: Path) -> li
     ]  # fmt: skip
     if plan.manifest.task == "embedding":
         argv += ["--runner", "pooling"]
-    elif plan.manifest.tool_parser:
-        # vLLM wants a parser even for a named tool_choice (see VLLM_ENFORCE_STRICT_TOOL_CALLING in config).
-        argv += ["--enable-auto-tool-choice", "--tool-call-parser", plan.manifest.tool_parser]
+    else:
+        if plan.manifest.tool_parser:
+            # vLLM wants a parser even for a named tool_choice (see VLLM_ENFORCE_STRICT_TOOL_CALLING in config).
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", plan.manifest.tool_parser]
+        if sampling := plan.manifest.generation.sampling():
+            # Merged over the model's own generation_config.json; requests' values still win. The default
+            # max_tokens is not passed this way: vLLM takes an overridden max_new_tokens as a hard limit
+            # for every request (see default_max_tokens and Engine.start).
+            argv += ["--override-generation-config", json.dumps(sampling)]
     if plan.on_cpu:
         # Compiled mode costs 100+ s of start-up on the CPU for ~20% more throughput.
         argv += ["--enforce-eager"]

@@ -4,7 +4,7 @@ Importable without vLLM: the operator uses this package to place pods.
 """
 
 from nim_runtime.profiles.catalog import find_manifest, find_manifest_for_image, load_catalog, parse_manifest
-from nim_runtime.profiles.manifest import ModelManifest, Profile
+from nim_runtime.profiles.manifest import GenerationDefaults, ModelManifest, Profile
 from nim_runtime.profiles.selection import (
     NodeGpuFacts,
     ProfileDecision,
@@ -17,6 +17,7 @@ from nim_runtime.profiles.selection import (
 )
 
 __all__ = [
+    "GenerationDefaults",
     "ModelManifest",
     "NodeGpuFacts",
     "Profile",

@@ -63,6 +63,32 @@ class Profile(BaseModel):
         return tags
 
 
+class GenerationDefaults(BaseModel):
+    """What a request that leaves sampling unset gets: the model's recommended settings.
+
+    Quantised conversions (SmolLM2's GGUF) keep no generation config, so without these vLLM samples at
+    temperature 1.0 up to the end of the context: minutes of text for "Say hi." on a CPU. A request's own
+    values always win. ``max_tokens`` is a default, not a limit: a request may ask for more.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens generated when a request sets no max_tokens (NIM_DEFAULT_MAX_TOKENS overrides).",
+    )
+
+    def sampling(self) -> dict[str, float | int]:
+        """The sampling settings that are set, as vLLM's generation config names them."""
+        return {k: v for k, v in self.model_dump(exclude={"max_tokens"}).items() if v is not None}
+
+
 class ModelManifest(BaseModel):
     """A model and its profiles, as `/v1/manifest` shows it."""
 
@@ -80,6 +106,9 @@ class ModelManifest(BaseModel):
     tool_parser: str | None = Field(
         default="hermes",
         description="vLLM tool-call parser for this model's chat template; none for embedding models.",
+    )
+    generation: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Sampling defaults for requests that set none."
     )
     images: tuple[str, ...] = Field(
         default=(), description="Image repositories that serve exactly this model (for the operator)."
