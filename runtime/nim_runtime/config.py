@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nim_runtime.frontend import FrontendFlagError, FrontendOptions, frontend_options
+
 #: The model served when nothing is configured: the embedded SmolLM2 (runs on the CPU).
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PORT = 8000
@@ -32,6 +34,9 @@ DEFAULT_MAX_QUEUED_REQUESTS = 512
 #: want a core, it should win. Measured on 2 cores under 32 streams: /v1/health p99 from 17 ms to 7-10 ms,
 #: and no loss of throughput.
 DEFAULT_ENGINE_NICENESS = 10
+#: Seconds the engine core may take to answer a heartbeat before the server counts it as hung (not
+#: ready, not live) and exits. An engine answers between two steps; a CPU step takes up to seconds.
+DEFAULT_ENGINE_STALL_TIMEOUT = 60.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -62,6 +67,10 @@ class RuntimeConfig:
     jsonl_logging: bool = False
     passthrough_args: tuple[str, ...] = ()
     api_key: str | None = None
+    #: vLLM's HTTP-server options found in passthrough_args (API keys, TLS, CORS) that our server applies.
+    frontend: FrontendOptions = field(default_factory=FrontendOptions)
+    #: See DEFAULT_ENGINE_STALL_TIMEOUT; 0 turns the heartbeat off.
+    engine_stall_timeout: float = DEFAULT_ENGINE_STALL_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     #: Inference requests admitted at once; 0 means no limit.
@@ -70,6 +79,11 @@ class RuntimeConfig:
     engine_niceness: int = DEFAULT_ENGINE_NICENESS
     #: A read-only cache prepared at image build time, tried when cache_path lacks a converted model.
     prepared_cache: Path | None = None
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted bearer token: NIM_API_KEY and vLLM's --api-key (or VLLM_API_KEY)."""
+        return ((self.api_key,) if self.api_key else ()) + self.frontend.api_keys
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RuntimeConfig:
@@ -86,6 +100,10 @@ class RuntimeConfig:
             passthrough = tuple(shlex.split(get("NIM_PASSTHROUGH_ARGS") or ""))
         except ValueError as exc:
             raise ConfigError(f"NIM_PASSTHROUGH_ARGS cannot be split like a shell line: {exc}") from None
+        try:
+            frontend = frontend_options(passthrough, env)
+        except FrontendFlagError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             model_name=get("NIM_MODEL_NAME"),
             model_path=get("NIM_MODEL_PATH"),
@@ -100,6 +118,8 @@ class RuntimeConfig:
             jsonl_logging=_bool(env, "NIM_JSONL_LOGGING", False),
             passthrough_args=passthrough,
             api_key=get("NIM_API_KEY"),
+            frontend=frontend,
+            engine_stall_timeout=_float(env, "NIM_ENGINE_STALL_TIMEOUT", DEFAULT_ENGINE_STALL_TIMEOUT),
             drain_timeout=_float(env, "NIM_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
             max_request_bytes=_int(env, "NIM_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, low=1024),
             max_queued_requests=_int(env, "NIM_MAX_QUEUED_REQUESTS", DEFAULT_MAX_QUEUED_REQUESTS, low=0),
