@@ -7,7 +7,8 @@ import pytest
 from nim_runtime.auth import bearer_matches, is_protected
 from nim_runtime.content import check_chat_images, image_url_problem
 from nim_runtime.errors import ApiError, describe_validation_errors, error_body
-from nim_runtime.routes.llamastack import from_openai_response, to_openai_request
+from nim_runtime.routes.llamastack import from_openai_response
+from nim_runtime.routes.llamastack_request import to_openai_request
 
 
 def test_error_body_has_the_openai_shape() -> None:
@@ -95,6 +96,6 @@ def test_llama_stack_response_translation() -> None:
         {"id": "c1", "function": {"name": "f", "arguments": "{}"}}]}}]}  # fmt: skip
     assert from_openai_response(response) == {
         "completion_message": {"role": "assistant", "content": "Paris", "stop_reason": "out_of_tokens",
-                               "tool_calls": [{"call_id": "c1", "tool_name": "f", "arguments": "{}"}]},
+                               "tool_calls": [{"call_id": "c1", "tool_name": "f", "arguments": {}}]},
         "logprobs": None,
     }  # fmt: skip
