@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from nim_operator import metrics
+from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
@@ -216,6 +217,9 @@ class Reconciler:
         pstatus: ProfileStatus | None = None
         try:
             spec = _parse_spec(body)
+            if (unsupported := unsupported_message(spec)) is not None:
+                # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
+                raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
             manifest = _resolve_manifest(self.kube, owner.namespace, spec)
             decision, pstatus = self._choose(spec, manifest, previous, generation)
             placement = placement_of(spec, manifest, decision)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nim_operator.api.coverage import IGNORED_CONDITION, ignored
 from nim_operator.api.spec import Condition, ModelStatus, NIMServiceSpec, NIMServiceStatus, ProfileStatus
 from nim_operator.pod_health import PodProblem
 from nim_operator.render.children import service_name
@@ -39,6 +40,17 @@ def _condition(
         observed_generation=generation,
         last_transition_time=since,
     )
+
+
+def _ignored_fields(
+    previous: list[Condition], spec: NIMServiceSpec | None, generation: int, now: str
+) -> list[Condition]:
+    """A FieldsIgnored condition (status True) while some accepted field has no effect; none otherwise."""
+    found = ignored(spec) if spec is not None else []
+    if not found:
+        return []
+    message = "; ".join(i.message for i in found)
+    return [_condition(previous, IGNORED_CONDITION, True, found[0].reason, message, generation, now)]
 
 
 def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> tuple[bool, str, str, int, int]:
@@ -91,6 +103,7 @@ def compute_status(
                 generation,
                 now,
             ),
+            *_ignored_fields(before, spec, generation, now),
         ]
         return NIMServiceStatus(
             state="Failed",
@@ -115,6 +128,7 @@ def compute_status(
         _condition(before, "Ready", ready, reason, message, generation, now),
         _condition(before, "Failed", False, "Reconciled", "", generation, now),
         selected,
+        *_ignored_fields(before, spec, generation, now),
     ]
     state = "Ready" if ready else ("Pending" if available == 0 else "NotReady")
     port = spec.expose.service.port

@@ -19,11 +19,31 @@ OK: dict[str, Any] = {"image": IMAGE}
 REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str]] = [
     ("replicas-not-int", {**OK, "replicas": "two"}, "spec.replicas"),
     ("replicas-negative", {**OK, "replicas": -1}, "spec.replicas"),
+    ("unknown-inference-platform", {**OK, "inferencePlatform": "triton"}, "spec.inferencePlatform"),
     (
-        "replicas-with-autoscaling",
-        {**OK, "replicas": 1, "scale": {"enabled": True, "hpa": {"maxReplicas": 2}}},
-        "spec.replicas cannot be set while spec.scale.enabled",
+        "multinode-mpi-and-ray",
+        {**OK, "multiNode": {"parallelism": {"tensor": 8}, "mpi": {}, "ray": {}}},
+        "multiNode takes mpi or ray, not both",
     ),
+    (
+        "multinode-with-autoscaling",
+        {**OK, "multiNode": {"parallelism": {}}, "scale": {"enabled": True, "hpa": {"maxReplicas": 2}}},
+        "spec.multiNode cannot autoscale",
+    ),
+    (
+        "dra-claim-and-template",
+        {**OK, "draResources": [{"resourceClaimName": "a", "resourceClaimTemplateName": "b"}]},
+        "set exactly one of resourceClaimName",
+    ),
+    (
+        "router-ingress-and-gateway",
+        {
+            **OK,
+            "expose": {"router": {"ingress": {"ingressClass": "nginx"}, "gateway": {"name": "g", "namespace": "n"}}},
+        },
+        "set router.ingress or router.gateway, not both",
+    ),
+    ("gateway-without-name", {**OK, "expose": {"router": {"gateway": {"namespace": "n"}}}}, "name: Required value"),
     ("two-storage-sources", {**OK, "storage": {"pvc": {"name": "m"}, "emptyDir": {}}}, "spec.storage takes one source"),
     ("port-zero", {**OK, "expose": {"service": {"port": 0}}}, "spec.expose.service.port"),
     ("port-too-big", {**OK, "expose": {"service": {"port": 65536}}}, "spec.expose.service.port"),
@@ -60,6 +80,12 @@ FAILED_BY_OPERATOR: list[tuple[str, dict[str, Any], str, str]] = [
     ("env-without-name", {**OK, "env": [{"value": "x"}]}, "InvalidSpec", "name: Required value"),
     ("missing-manifest-configmap", {**OK, "modelManifest": "nope"}, "InvalidManifest", "ConfigMap"),
     ("servicemonitor-without-crd", {**OK, "metrics": {"enabled": True}}, "InvalidSpec", "ServiceMonitor"),
+    (
+        "multinode-not-built",
+        {**OK, "multiNode": {"parallelism": {"pipeline": 2, "tensor": 8}}},
+        "UnsupportedField",
+        "spec.multiNode asks for a LeaderWorkerSet",
+    ),
 ]
 
 

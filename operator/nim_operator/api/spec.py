@@ -9,56 +9,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from nim_operator import constants as c
+from nim_operator.api.common import ContainerSpec, Image, k8s_object, k8s_objects, quantities, quantity, rules
+from nim_operator.api.common import Model as _Model
+from nim_operator.api.dra import DRAResource
+from nim_operator.api.expose import Expose, Router
+from nim_operator.api.multinode import MultiNode
 
-
-def _k8s_object(description: str) -> Any:
-    """A pass-through Kubernetes object: kept verbatim, validated where it is used."""
-    return Field(
-        default=None, description=description, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
-    )
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class Image(_Model):
-    repository: str = Field(
-        min_length=1, description="Runtime image repository, e.g. nvcr.io/nim/meta/llama-3.1-8b-instruct."
-    )
-    tag: str = Field(min_length=1, description="Runtime image tag.")
-    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        default=None, description="Image pull policy."
-    )
-    pull_secrets: list[str] = Field(default_factory=list, description="Names of image pull Secrets.")
-
-
-_QUANTITIES = "self.all(k, type(self[k]) == int || isQuantity(self[k]))"
-
-
-def _quantities(description: str) -> Any:
-    """A map of resource name to quantity (``2``, ``"500m"``, ``"64Gi"``), checked at admission."""
-    return Field(
-        default=None,
-        description=description,
-        json_schema_extra={
-            # Bounds keep the CEL rule's estimated cost inside the API server's budget.
-            "maxProperties": 16,
-            "additionalProperties": {"x-kubernetes-int-or-string": True, "maxLength": 64},
-            "x-kubernetes-validations": [
-                {"rule": _QUANTITIES, "message": "every value must be a quantity such as 2, 500m or 64Gi"}
-            ],
-        },
-    )
+PlatformType = Literal["standalone", "kserve"]
 
 
 class Resources(_Model):
-    limits: dict[str, int | str] | None = _quantities("Limits by resource name.")
-    requests: dict[str, int | str] | None = _quantities("Requests by resource name.")
+    limits: dict[str, int | str] | None = quantities("Limits by resource name.")
+    requests: dict[str, int | str] | None = quantities("Requests by resource name.")
     claims: list[dict[str, Any]] | None = Field(
         default=None,
         description="Dynamic resource claims (core/v1 ResourceClaim references).",
@@ -72,63 +37,74 @@ class NIMCacheRef(_Model):
 
 
 class PVC(_Model):
+    model_config = rules(
+        (
+            "!has(self.create) || !self.create || has(self.size)",
+            "spec.storage.pvc.create needs spec.storage.pvc.size",
+        )
+    )
+
     create: bool = Field(default=False, description="Create the PVC (named <NIMService>-pvc unless name is set).")
     name: str | None = Field(default=None, description="Existing PVC to use, or the name of the one to create.")
     storage_class: str | None = Field(default=None, description="Storage class of a created PVC.")
     size: str | None = Field(default=None, description="Size of a created PVC, e.g. 50Gi.")
     volume_access_mode: str | None = Field(default=None, description="Access mode of a created PVC.")
     sub_path: str | None = Field(default=None, description="Sub-path of the volume mounted at /model-store.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of a created PVC.")
 
 
 class EmptyDir(_Model):
-    size_limit: str | None = Field(default=None, description="Size limit of the emptyDir model store.")
+    size_limit: int | str | None = quantity("Size limit of the emptyDir model store, e.g. 50Gi.")
 
 
 class Storage(_Model):
+    model_config = rules(
+        (
+            "[has(self.nimCache), has(self.pvc), has(self.hostPath), has(self.emptyDir)].filter(x, x).size() <= 1",
+            "spec.storage takes one source: nimCache, pvc, hostPath or emptyDir",
+        )
+    )
+
     nim_cache: NIMCacheRef | None = Field(default=None, description="Use a NIMCache's volume.")
     pvc: PVC | None = Field(default=None, description="Use (or create) a PersistentVolumeClaim.")
     host_path: str | None = Field(default=None, description="Use a node path (single-node setups only).")
     empty_dir: EmptyDir | None = Field(default=None, description="Use a scratch volume (downloads on every start).")
-    shared_memory_size_limit: str | None = Field(default=None, description="Size limit of /dev/shm.")
+    shared_memory_size_limit: int | str | None = quantity("Size limit of /dev/shm, e.g. 16Gi.")
     read_only: bool = Field(default=False, description="Mount the model store read-only.")
 
 
 class HPA(_Model):
+    model_config = rules(
+        (
+            "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+            "spec.scale.hpa.minReplicas must not exceed maxReplicas",
+        )
+    )
+
     min_replicas: int = Field(default=1, ge=1, description="Lower bound of replicas.")
     max_replicas: int = Field(ge=1, description="Upper bound of replicas.")
-    metrics: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description=f"autoscaling/v2 metrics; default: pods metric {c.DEFAULT_HPA_METRIC} averaging "
-        f"{c.DEFAULT_HPA_QUEUE_TARGET} waiting requests.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    metrics: list[dict[str, Any]] = k8s_objects(
+        f"autoscaling/v2 metrics; default: pods metric {c.DEFAULT_HPA_METRIC} averaging "
+        f"{c.DEFAULT_HPA_QUEUE_TARGET} waiting requests."
     )
-    behavior: dict[str, Any] | None = _k8s_object("autoscaling/v2 scaling behavior.")
+    behavior: dict[str, Any] | None = k8s_object("autoscaling/v2 scaling behavior.")
 
 
 class Scale(_Model):
-    enabled: bool = Field(default=False, description="Create a HorizontalPodAutoscaler; replicas are then left to it.")
-    hpa: HPA | None = Field(default=None, description="Autoscaler bounds and metrics.")
-
-
-class ServiceExpose(_Model):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(default="ClusterIP", description="Service type.")
-    port: int = Field(default=c.DEFAULT_PORT, ge=1, le=65535, description="Service and container port (named api).")
-    name: str | None = Field(default=None, description="Service name; defaults to the NIMService name.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Service annotations.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra Service labels.")
-
-
-class IngressExpose(_Model):
-    enabled: bool = Field(default=False, description="Create an Ingress.")
-    spec: dict[str, Any] | None = _k8s_object(
-        "networking.k8s.io/v1 IngressSpec; rules without a backend get the Service."
+    model_config = rules(
+        (
+            "!has(self.enabled) || !self.enabled || (has(self.hpa) && has(self.hpa.maxReplicas))",
+            "spec.scale.enabled needs spec.scale.hpa.maxReplicas",
+        )
     )
-    annotations: dict[str, str] = Field(default_factory=dict, description="Ingress annotations.")
 
-
-class Expose(_Model):
-    service: ServiceExpose = Field(default_factory=ServiceExpose, description="The Service in front of the pods.")
-    ingress: IngressExpose | None = Field(default=None, description="Optional Ingress.")
+    enabled: bool = Field(
+        default=False,
+        description="Create a HorizontalPodAutoscaler; it owns the replica count, and spec.replicas is ignored "
+        "(the FieldsIgnored condition says so).",
+    )
+    hpa: HPA | None = Field(default=None, description="Autoscaler bounds and metrics.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the autoscaler.")
 
 
 class ServiceMonitorSpec(_Model):
@@ -158,10 +134,14 @@ class NetworkPolicySpec(_Model):
 
 class ProbeSpec(_Model):
     enabled: bool = Field(default=True, description="false removes the probe.")
-    probe: dict[str, Any] | None = _k8s_object("A core/v1 Probe replacing the default.")
+    probe: dict[str, Any] | None = k8s_object("A core/v1 Probe replacing the default.")
 
 
 class Model(_Model):
+    model_config = rules(
+        ("has(self.name) || has(self.uri)", "spec.model needs name (a catalog model) or uri (hf://, pvc:// or a path)")
+    )
+
     name: str | None = Field(
         default=None, description="Catalog name, also the served name, e.g. meta/llama-3.1-8b-instruct."
     )
@@ -185,38 +165,36 @@ class ProfileSelectorSpec(_Model):
     gpus: list[GpuProduct] = Field(default_factory=list, description="Acceptable GPU products (any of them).")
 
 
-_ONE_STORAGE = "[has(self.nimCache), has(self.pvc), has(self.hostPath), has(self.emptyDir)].filter(x, x).size() <= 1"
-
-#: CEL rules checked at admission, as (path from spec root or "" for spec, rule, message).
-VALIDATIONS: tuple[tuple[str, str, str], ...] = (
-    (
-        "",
-        "!(has(self.replicas) && has(self.scale) && self.scale.enabled)",
-        "spec.replicas cannot be set while spec.scale.enabled is true: remove replicas or disable autoscaling",
-    ),
-    (
-        "",
-        "!(has(self.scale) && self.scale.enabled) || (has(self.scale.hpa) && has(self.scale.hpa.maxReplicas))",
-        "spec.scale.enabled needs spec.scale.hpa.maxReplicas",
-    ),
-    (
-        "",
-        "!(has(self.profile) && has(self.profileSelector))",
-        "set spec.profile (one profile) or spec.profileSelector (constraints), not both",
-    ),
-    ("storage", _ONE_STORAGE, "spec.storage takes one source: nimCache, pvc, hostPath or emptyDir"),
-    ("storage.pvc", "!self.create || has(self.size)", "spec.storage.pvc.create needs spec.storage.pvc.size"),
-    ("scale.hpa", "self.minReplicas <= self.maxReplicas", "spec.scale.hpa.minReplicas must not exceed maxReplicas"),
-    (
-        "model",
-        "has(self.name) || has(self.uri)",
-        "spec.model needs name (a catalog model) or uri (hf://, pvc:// or a path)",
-    ),
-)
+class Proxy(_Model):
+    http_proxy: str | None = Field(default=None, description="HTTP_PROXY of the containers.")
+    https_proxy: str | None = Field(default=None, description="HTTPS_PROXY of the containers.")
+    no_proxy: str | None = Field(default=None, description="NO_PROXY of the containers.")
+    cert_config_map: str | None = Field(
+        default=None, description="ConfigMap with the proxy's CA certificates, added to the trusted bundle."
+    )
 
 
 class NIMServiceSpec(_Model):
-    """Desired state of a NIMService."""
+    """Desired state of a NIMService: every field of NVIDIA's, and ours for profiles and placement.
+
+    Where NVIDIA is lenient we are too: ``replicas`` beside autoscaling is accepted and reported as ignored.
+    Fields we accept but do not build yet are named in a Failed condition (see ``api.coverage``).
+    """
+
+    model_config = rules(
+        (
+            "!(has(self.profile) && has(self.profileSelector))",
+            "set spec.profile (one profile) or spec.profileSelector (constraints), not both",
+        ),
+        (
+            "!(has(self.multiNode) && has(self.scale) && has(self.scale.enabled) && self.scale.enabled)",
+            "spec.multiNode cannot autoscale: disable spec.scale.enabled or remove multiNode",
+        ),
+        (
+            "!(has(self.router) && has(self.expose) && has(self.expose.router))",
+            "set spec.expose.router or spec.router (the same router), not both",
+        ),
+    )
 
     image: Image = Field(description="The runtime image.")
     auth_secret: str | None = Field(
@@ -229,25 +207,25 @@ class NIMServiceSpec(_Model):
     profile_selector: ProfileSelectorSpec | None = Field(
         default=None, description="Constraints for choosing a profile."
     )
-    env: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Extra container env (core/v1 EnvVar); wins over the operator's.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-    )
+    env: list[dict[str, Any]] = k8s_objects("Extra container env (core/v1 EnvVar); wins over the operator's.")
     command: list[str] = Field(default_factory=list, description="Container command override.")
     args: list[str] = Field(default_factory=list, description="Container args override.")
     resources: Resources | None = Field(
         default=None, description="Container resources; nvidia.com/gpu defaults to the profile's."
     )
+    dra_resources: list[DRAResource] = Field(
+        default_factory=list,
+        max_length=32,  # bounds the cost estimate of the per-item CEL rules
+        description="Dynamic Resource Allocation claims of the pods (resource.k8s.io).",
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels for the pods and children.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations for the pods.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Pod tolerations; the GPU taint is tolerated automatically for GPU pods.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    tolerations: list[dict[str, Any]] = k8s_objects(
+        "Pod tolerations; the GPU taint is tolerated automatically for GPU pods."
     )
-    affinity: dict[str, Any] | None = _k8s_object("core/v1 Affinity, merged with the profile's node affinity.")
+    affinity: dict[str, Any] | None = k8s_object("core/v1 Affinity, merged with the profile's node affinity.")
+    pod_affinity: dict[str, Any] | None = k8s_object("core/v1 PodAffinity (deprecated by NVIDIA: use affinity).")
     runtime_class_name: str | None = Field(default=None, description="Pod runtimeClassName.")
     priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
     scheduler_name: str | None = Field(default=None, description="Pod schedulerName.")
@@ -261,10 +239,17 @@ class NIMServiceSpec(_Model):
         "unless env sets it) and its exit. Kubernetes' default of 30 s would cut long streams during a rollout.",
     )
     replicas: int | None = Field(
-        default=None, ge=0, description=f"Replicas (default {c.DEFAULT_REPLICAS}); not with autoscaling."
+        default=None,
+        ge=0,
+        description=f"Replicas (default {c.DEFAULT_REPLICAS}); ignored while spec.scale.enabled is true "
+        "(the FieldsIgnored condition says so).",
     )
     scale: Scale | None = Field(default=None, description="Horizontal autoscaling.")
-    expose: Expose = Field(default_factory=Expose, description="Service and Ingress.")
+    expose: Expose = Field(default_factory=Expose, description="Service, Ingress and router.")
+    router: Router | None = Field(
+        default=None,
+        description="The router where some of NVIDIA's samples put it, beside expose: read as spec.expose.router.",
+    )
     metrics: Metrics | None = Field(default=None, description="Prometheus ServiceMonitor.")
     network_policy: NetworkPolicySpec | None = Field(default=None, description="Optional ingress NetworkPolicy.")
     liveness_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.LIVE_PATH}.")
@@ -272,6 +257,14 @@ class NIMServiceSpec(_Model):
     startup_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}, up to 20 minutes.")
     user_id: int = Field(default=c.DEFAULT_USER_ID, ge=1, alias="userID", description="Pod runAsUser (non-root).")
     group_id: int = Field(default=c.DEFAULT_GROUP_ID, ge=0, alias="groupID", description="Pod runAsGroup and fsGroup.")
+    proxy: Proxy | None = Field(default=None, description="HTTP(S) proxy of the containers and its CA bundle.")
+    multi_node: MultiNode | None = Field(default=None, description="Serve each replica across several nodes.")
+    inference_platform: PlatformType = Field(
+        default="standalone",
+        description="standalone (a Deployment; the default) or kserve (a KServe InferenceService).",
+    )
+    init_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run before the NIM.")
+    sidecar_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run beside the NIM.")
 
     @property
     def autoscaling(self) -> bool:
@@ -280,6 +273,11 @@ class NIMServiceSpec(_Model):
     @property
     def desired_replicas(self) -> int:
         return c.DEFAULT_REPLICAS if self.replicas is None else self.replicas
+
+    @property
+    def effective_router(self) -> Router | None:
+        """The router, wherever the manifest put it (admission refuses both places at once)."""
+        return self.expose.router or self.router
 
 
 class Condition(_Model):
