@@ -21,7 +21,7 @@ class Phase(enum.Enum):
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
-    #: The engine core process died after loading; unrecoverable, the process exits non-zero.
+    #: The engine core process died (or hung: no heartbeat answer) after loading; the process exits non-zero.
     ENGINE_DEAD = "engine-dead"
 
 
@@ -31,7 +31,7 @@ READY_MESSAGES: dict[Phase, str] = {
     Phase.READY: "Service is ready.",
     Phase.DRAINING: "Service is shutting down: finishing in-flight requests.",
     Phase.FAILED: "Service failed to load the model; see the server log.",
-    Phase.ENGINE_DEAD: "Service is unavailable: the inference engine died; the server is exiting.",
+    Phase.ENGINE_DEAD: "Service is unavailable: the inference engine died or hung; the server is exiting.",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,7 +38,7 @@ class Gatekeeper:
         *,
         lifecycle: Lifecycle,
         metrics: RuntimeMetrics,
-        api_key: str | None,
+        api_key: str | Sequence[str] | None,
         max_request_bytes: int,
         max_queued_requests: int = 0,
     ) -> None:
@@ -103,7 +104,7 @@ class Gatekeeper:
             and is_protected(path)
             and not bearer_matches(headers.get("authorization"), self.api_key)
         ):
-            body = error_body(401, "Missing or wrong API key: send `Authorization: Bearer <NIM_API_KEY>`")
+            body = error_body(401, "Missing or wrong API key: send `Authorization: Bearer <NIM_API_KEY or --api-key>`")
             return 401, body, {"www-authenticate": "Bearer"}
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_request_bytes:

@@ -10,6 +10,9 @@ included) are done or NIM_DRAIN_TIMEOUT has passed.
 A dead engine (its core process exited: OOM-killed, crashed) cannot come back inside this process, as
 with vLLM's own server. Once the engine client reports it dead, probes and inference requests answer 503,
 and the process exits with code 1 ENGINE_DEAD_EXIT_SECONDS later so the kubelet restarts the container.
+A hung engine (alive, but not answering a heartbeat within NIM_ENGINE_STALL_TIMEOUT) is treated the same.
+
+TLS comes from vLLM's ``--ssl-*`` options in NIM_PASSTHROUGH_ARGS (see :mod:`nim_runtime.frontend`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import logging
 import signal
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -77,7 +81,8 @@ class DrainingServer(uvicorn.Server):
     def engine_died(self) -> None:
         """The engine core is gone for good: answer 503 for a moment, then exit non-zero."""
         logger.error(
-            "The vLLM engine core died (see above for its cause); answering 503 and exiting with code 1 in %.0f s",
+            "The vLLM engine core died or hung (see above for its cause); answering 503 and exiting with code 1 "
+            "in %.0f s",
             ENGINE_DEAD_EXIT_SECONDS,
         )
         self.exit_code = 1
@@ -96,6 +101,13 @@ class DrainingServer(uvicorn.Server):
 
 async def serve(ctx: RuntimeContext, app: object) -> int:
     """Run until drained or failed; returns the process exit code."""
+    frontend = ctx.config.frontend
+    tls: dict[str, Any] = {}
+    if frontend.tls:
+        tls = {"ssl_keyfile": frontend.ssl_keyfile, "ssl_certfile": frontend.ssl_certfile,
+               "ssl_ca_certs": frontend.ssl_ca_certs, "ssl_cert_reqs": frontend.ssl_cert_reqs}  # fmt: skip
+        if frontend.ssl_ciphers:
+            tls["ssl_ciphers"] = frontend.ssl_ciphers
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=ctx.config.host,
@@ -104,6 +116,8 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=CLOSE_GRACE_SECONDS,
+        h11_max_incomplete_event_size=frontend.h11_max_incomplete_event_size,
+        **tls,
     )
     server = DrainingServer(config, ctx)
     serve_task = asyncio.create_task(server.serve())
@@ -111,17 +125,20 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
         await asyncio.sleep(0.02)
     load_task = asyncio.create_task(load_engine(ctx))
 
-    watch_task: asyncio.Task[None] | None = None
+    watch_tasks: list[asyncio.Task[None]] = []
 
     def loaded(task: asyncio.Task[None]) -> None:
-        nonlocal watch_task
         if task.cancelled():
             return
         if (exc := task.exception()) is not None:
             logger.error("Loading failed", exc_info=exc)
             server.fail(f"{type(exc).__name__}: {exc}")
             return
-        watch_task = asyncio.ensure_future(_watch_engine(server))
+        watch_tasks.append(asyncio.ensure_future(_watch_engine(server)))
+        if ctx.engine is not None and ctx.config.engine_stall_timeout > 0:
+            watch_tasks.append(
+                asyncio.ensure_future(ctx.engine.heartbeat(stall_timeout=ctx.config.engine_stall_timeout))
+            )
 
     load_task.add_done_callback(loaded)
     try:
@@ -129,8 +146,8 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
     finally:
         if not load_task.done():
             load_task.cancel()
-        if watch_task is not None:
-            watch_task.cancel()
+        for watcher in watch_tasks:
+            watcher.cancel()
         if ctx.engine is not None:
             await ctx.engine.shutdown()
     if not server.started:
