@@ -54,7 +54,8 @@ fmt: env
 
 crds: env
 	.venv/bin/nim-operator crd -o crds/apps.nimoperator.dev_nimservices.yaml
-	cp crds/apps.nimoperator.dev_nimservices.yaml charts/nim-operator/crds/ 2>/dev/null || true
+	.venv/bin/nim-operator crd --kind NIMCache -o crds/apps.nimoperator.dev_nimcaches.yaml
+	cp crds/apps.nimoperator.dev_nimservices.yaml crds/apps.nimoperator.dev_nimcaches.yaml charts/nim-operator/crds/
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

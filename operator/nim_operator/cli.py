@@ -82,9 +82,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from nim_operator.api.crd import render_crd_yaml
+    from nim_operator.api.crd import render_cache_crd_yaml, render_crd_yaml
 
-    text = render_crd_yaml()
+    text = render_cache_crd_yaml() if args.kind == "NIMCache" else render_crd_yaml()
     if args.output:
         with open(args.output, "w") as out:
             out.write(text)
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     crd = commands.add_parser("crd", help="print the CRD generated from the typed spec")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.add_argument("--kind", choices=["NIMService", "NIMCache"], default="NIMService", help="which CRD")
     crd.set_defaults(func=_crd)
 
     args = parser.parse_args(argv)

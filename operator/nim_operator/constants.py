@@ -9,6 +9,10 @@ KIND = "NIMService"
 PLURAL = "nimservices"
 SINGULAR = "nimservice"
 SHORT_NAMES = ("nimsvc",)
+CACHE_KIND = "NIMCache"
+CACHE_PLURAL = "nimcaches"
+CACHE_SINGULAR = "nimcache"
+CACHE_SHORT_NAMES = ("nimc",)
 
 FIELD_MANAGER = "nim-operator"
 
@@ -18,6 +22,10 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "nim-operator"
+#: On a NIMCache's claim, Job and pods: which NIMCache they belong to.
+LABEL_NIMCACHE = "nimoperator.dev/nimcache"
+#: On a NIMCache's Job: the hash of its (immutable) spec, so a changed source replaces the Job.
+ANNOTATION_JOB_HASH = "nimoperator.dev/job-hash"
 
 # GPU Feature Discovery labels and the device plugin's resource.
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -45,6 +53,10 @@ ENV_JSONL_LOGGING = "NIM_JSONL_LOGGING"
 #: Seconds the runtime lets in-flight requests (streams included) finish after SIGTERM (its default: 30).
 ENV_DRAIN_TIMEOUT = "NIM_DRAIN_TIMEOUT"
 SECRET_KEYS = ("NGC_API_KEY", "HF_TOKEN")
+#: The image of NIMCache download Jobs for hub and catalog sources (the chart sets it to its runtime image).
+ENV_RUNTIME_IMAGE = "NIM_OPERATOR_RUNTIME_IMAGE"
+ENV_RUNTIME_PULL_SECRETS = "NIM_OPERATOR_RUNTIME_PULL_SECRETS"
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/nim-operator/nim-runtime:0.1.0"
 
 DEFAULT_REPLICAS = 1
 DEFAULT_USER_ID = 1000

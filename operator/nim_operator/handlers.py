@@ -15,6 +15,7 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator import metrics
+from nim_operator.cache_reconciler import CacheReconciler, cache_of
 from nim_operator.kube import PLURALS, Kube, api_client
 from nim_operator.placement import node_facts
 from nim_operator.reconciler import Reconciler
@@ -52,11 +53,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     learned = kube.warm(CHILD_KINDS, memo.get("namespaces") or None)
     log.info("learned %d existing children; watching %d nodes", learned, len(reconciler.nodes))
     memo["reconciler"] = reconciler
+    pull_secrets = os.environ.get(c.ENV_RUNTIME_PULL_SECRETS, "")
+    memo["caches"] = CacheReconciler(
+        kube,
+        _emit,
+        runtime_image=os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE,
+        runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
+    )
 
 
 def _reconciler(memo: kopf.Memo) -> Reconciler:
     reconciler: Reconciler = memo["reconciler"]
     return reconciler
+
+
+def _caches(memo: kopf.Memo) -> CacheReconciler:
+    caches: CacheReconciler = memo["caches"]
+    return caches
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
@@ -106,6 +119,9 @@ def pod_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) ->
     """
     reconciler = _reconciler(memo)
     pod = dict(body)
+    if cache_of(pod) is not None:
+        _cache_child_changed(memo, pod, type, pod=True)
+        return
     key = reconciler.pod_gone(pod) if type == "DELETED" else reconciler.pod_seen(pod)
     if key is None:
         return
@@ -135,3 +151,58 @@ def node_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -
                 service["metadata"]["namespace"],
                 service["metadata"]["name"],
             )
+
+
+# NIMCaches: bodies kept for their Jobs' and pods' events and for the NIMServices that mount them.
+_cache_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.CACHE_PLURAL)
+def track_cache(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Keep the NIMCache's body; a cache that changed state re-runs the NIMServices that mount it."""
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    reconciler = _reconciler(memo)
+    before = reconciler.caches.get(key)
+    if type == "DELETED":
+        _cache_bodies.pop(key, None)
+        reconciler.caches.pop(key, None)
+        _caches(memo).forget(body.metadata.uid or "", key[0], key[1])
+    else:
+        _cache_bodies[key] = reconciler.caches[key] = dict(body)
+    after = reconciler.caches.get(key)
+    if (before or {}).get("status") == (after or {}).get("status") and (before is None) == (after is None):
+        return
+    for service_key in reconciler.services_mounting(*key):
+        service = _services.get(service_key)
+        if service is not None:
+            reconciler.reconcile(service)
+
+
+@kopf.on.resume(c.GROUP, c.VERSION, c.CACHE_PLURAL)
+@kopf.on.create(c.GROUP, c.VERSION, c.CACHE_PLURAL)
+@kopf.on.update(c.GROUP, c.VERSION, c.CACHE_PLURAL)
+def reconcile_cache(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _caches(memo).reconcile(dict(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={c.LABEL_MANAGED_BY: c.MANAGED_BY})
+def job_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    job = dict(body)
+    job.setdefault("apiVersion", "batch/v1")
+    job.setdefault("kind", "Job")
+    _cache_child_changed(memo, job, type, pod=False)
+
+
+def _cache_child_changed(memo: kopf.Memo, obj: dict[str, Any], type: str | None, *, pod: bool) -> None:
+    caches = _caches(memo)
+    if pod:
+        key = caches.pod_gone(obj) if type == "DELETED" else caches.pod_seen(obj)
+    else:
+        key = caches.job_gone(obj) if type == "DELETED" else caches.job_seen(obj)
+    cache = _cache_bodies.get(key) if key is not None else None
+    if cache is None:
+        return
+    try:
+        caches.reconcile(cache)
+    except Exception:  # the cache's own handler retries; one failure must not stop the watch
+        log.exception("reconciling NIMCache %s/%s failed", *key)  # type: ignore[misc]

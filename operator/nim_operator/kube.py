@@ -38,6 +38,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "Service"): "services",
     ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
@@ -166,10 +167,15 @@ class Kube:
         return result, status == 201
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        """Delete a child this reconcile just created (rolling back a creation that failed half-way)."""
+        """Delete a child this reconcile just created (rolling back a creation that failed half-way), or
+        a Job being replaced. Dependents go too: the API's default for Jobs would orphan their pods."""
         metrics.API_WRITES.labels(kind, "delete").inc()
         try:
-            self.request("DELETE", resource_path(api_version, kind, namespace, name))
+            self.request(
+                "DELETE",
+                resource_path(api_version, kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
         except client.ApiException as err:
             if err.status != 404:
                 raise
@@ -265,7 +271,12 @@ class Kube:
         data: dict[str, str] = config_map.get("data") or {}
         return data
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        metrics.API_WRITES.labels(c.KIND, "status").inc()
-        path = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}/status"
+    def get_own(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our own resources (a NIMCache a NIMService mounts), or None."""
+        metrics.API_READS.labels(c.CACHE_KIND).inc()
+        return self._get_or_none(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{plural}/{name}")
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, plural: str = c.PLURAL) -> None:
+        metrics.API_WRITES.labels(c.KIND if plural == c.PLURAL else c.CACHE_KIND, "status").inc()
+        path = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{plural}/{name}/status"
         self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")

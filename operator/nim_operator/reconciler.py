@@ -16,9 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
+from nim_operator.cache_mount import CacheMount, cache_mount
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.placement import decide, manifest_for, placement_of, profile_status
 from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
@@ -129,6 +131,9 @@ class Reconciler:
         # The pod problem last announced by an Event, per NIMService uid: one Event when a problem appears
         # or changes its reason, not one per reconcile (pod events re-run reconcile often).
         self._announced: dict[str, PodProblem] = {}
+        # NIMCache bodies by (namespace, name), kept by their watch; and which cache each service mounts.
+        self.caches: dict[tuple[str, str], dict[str, Any]] = {}
+        self._mounts: dict[tuple[str, str], str] = {}
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -215,21 +220,30 @@ class Reconciler:
             return Outcome(status=previous)
         spec: NIMServiceSpec | None = None
         pstatus: ProfileStatus | None = None
+        waiting: Failure | None = None
         try:
             spec = _parse_spec(body)
+            self._remember_mount((owner.namespace, owner.name), spec)
             if (unsupported := unsupported_message(spec)) is not None:
                 # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
                 raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
             manifest = _resolve_manifest(self.kube, owner.namespace, spec)
             decision, pstatus = self._choose(spec, manifest, previous, generation)
             placement = placement_of(spec, manifest, decision)
-            outcome, applied = self._apply_children(owner, render_children(owner, spec, placement))
+            mount, waiting = self._cache_mount(owner.namespace, spec)
+            if waiting is None:
+                outcome, applied = self._apply_children(owner, render_children(owner, spec, placement, mount))
+            else:
+                # Nothing changes while the cache fills: running pods keep what they mount.
+                outcome, applied = Outcome(status=NIMServiceStatus()), {}
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
         if deployment is None:
             deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
         problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
+        if waiting is not None:
+            problem = PodProblem(waiting.reason, waiting.message)
         outcome.status = compute_status(
             owner=owner,
             spec=spec,
@@ -248,6 +262,29 @@ class Reconciler:
         shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
         self._announce(body, owner, problem if shown else None)
         return outcome
+
+    def _cache_mount(self, namespace: str, spec: NIMServiceSpec) -> tuple[CacheMount | None, Failure | None]:
+        """The NIMCache the spec mounts, from its watch (or one GET before its first event)."""
+        ref = spec.storage.nim_cache if spec.storage else None
+        if ref is None:
+            return None, None
+        cache = self.caches.get((namespace, ref.name))
+        if cache is None:
+            cache = self.kube.get_own(c.CACHE_PLURAL, namespace, ref.name)
+        return cache_mount(namespace, ref.name, cache)
+
+    def _remember_mount(self, key: tuple[str, str], spec: NIMServiceSpec) -> None:
+        ref = spec.storage.nim_cache if spec.storage else None
+        with self._guard:
+            if ref is None:
+                self._mounts.pop(key, None)
+            else:
+                self._mounts[key] = ref.name
+
+    def services_mounting(self, namespace: str, cache: str) -> list[tuple[str, str]]:
+        """Keys of the NIMServices last seen mounting this NIMCache (to re-run when it changes)."""
+        with self._guard:
+            return [key for key, name in self._mounts.items() if key[0] == namespace and name == cache]
 
     def _announce(self, body: Mapping[str, Any], owner: Owner, problem: PodProblem | None) -> None:
         """A Warning Event when a pod problem appears or its reason changes; nothing while it persists.

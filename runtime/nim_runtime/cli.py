@@ -13,11 +13,16 @@ import sys
 from nim_runtime.config import ConfigError, RuntimeConfig, apply_engine_environment
 
 USAGE = """nim-runtime [serve]          serve the model configured by NIM_* variables
-nim-runtime prepare [NAME ...]  convert the embedded models into $NIM_CACHE_PATH once (setup step)"""
+nim-runtime prepare [NAME ...]  convert the embedded models into $NIM_CACHE_PATH once (setup step)
+nim-runtime download --repo ORG/NAME | --catalog NAME   fill a model store (a NIMCache's Job)"""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["download"]:
+        from nim_runtime.download import main as download
+
+        return download(args[1:])
     parser = argparse.ArgumentParser(prog="nim-runtime", usage=USAGE)
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "prepare"])
     parser.add_argument("names", nargs="*", help="catalog names for prepare (default: all embedded)")

@@ -95,7 +95,7 @@ def unique(prefix: str) -> str:
 
 
 def apply_chart_crds(cluster: Cluster) -> None:
-    """Install the chart's CRDs (NIMService and kopf's peerings) as Helm would, and wait until served."""
+    """Install the chart's CRDs (NIMService, NIMCache and kopf's peerings) as Helm would, and wait until served."""
     kubectl(
         "apply",
         "--server-side",
@@ -110,6 +110,7 @@ def apply_chart_crds(cluster: Cluster) -> None:
         "--for=condition=Established",
         "--timeout=60s",
         "crd/nimservices.apps.nimoperator.dev",
+        "crd/nimcaches.apps.nimoperator.dev",
         "crd/clusterkopfpeerings.kopf.dev",
         "crd/kopfpeerings.kopf.dev",
         kubeconfig=cluster.kubeconfig,

@@ -19,6 +19,7 @@ from tests.conftest import REPO, Cluster, free_port
 
 T = TypeVar("T")
 CRD = REPO / "crds" / "apps.nimoperator.dev_nimservices.yaml"
+CACHE_CRD = REPO / "crds" / "apps.nimoperator.dev_nimcaches.yaml"
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
@@ -33,9 +34,9 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float = 60, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-def install_crd(api: client.ApiClient) -> None:
+def install_crd(api: client.ApiClient, path: Path = CRD) -> None:
     ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(CRD.read_text())
+    body = yaml.safe_load(path.read_text())
     try:
         ext.create_custom_resource_definition(body)
     except client.ApiException as err:
@@ -49,13 +50,14 @@ def install_crd(api: client.ApiClient) -> None:
             c.type == "Established" and c.status == "True"
             for c in (ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or [])
         ),
-        what="the NIMService CRD to be established",
+        what=f"the CRD {body['metadata']['name']} to be established",
     )
 
 
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Cluster:
     install_crd(cluster.api)
+    install_crd(cluster.api, CACHE_CRD)
     return cluster
 
 

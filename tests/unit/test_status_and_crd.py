@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nim_operator.api.crd import build_crd, render_crd_yaml
+from nim_operator.api.crd import build_crd, render_cache_crd_yaml, render_crd_yaml
 from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.render import Owner
 from nim_operator.status import Failure, compute_status
@@ -82,6 +82,8 @@ def test_failure_state_and_reason() -> None:
 def test_checked_in_crd_is_current() -> None:
     checked_in = (ROOT / "crds" / "apps.nimoperator.dev_nimservices.yaml").read_text()
     assert checked_in == render_crd_yaml(), "crds/ is stale: run `make crds`"
+    cache = (ROOT / "crds" / "apps.nimoperator.dev_nimcaches.yaml").read_text()
+    assert cache == render_cache_crd_yaml(), "crds/ is stale: run `make crds`"
 
 
 def test_crd_schema_is_structural() -> None:

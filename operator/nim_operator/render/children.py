@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.placement import Placement
 from nim_operator.render.deployment import render_deployment
 from nim_operator.render.meta import Owner, child_metadata, selector_labels
+
+if TYPE_CHECKING:
+    from nim_operator.cache_mount import CacheMount
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,9 @@ def render_pvc(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     }
 
 
-def render_children(owner: Owner, spec: NIMServiceSpec, placement: Placement) -> list[Child]:
+def render_children(
+    owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None
+) -> list[Child]:
     """All children in apply order (storage before the pods that mount it)."""
     rendered: list[tuple[str, str, str, dict[str, Any] | None]] = [
         (
@@ -177,7 +182,7 @@ def render_children(owner: Owner, spec: NIMServiceSpec, placement: Placement) ->
             ),
             render_pvc(owner, spec),
         ),
-        ("apps/v1", "Deployment", owner.name, render_deployment(owner, spec, placement)),
+        ("apps/v1", "Deployment", owner.name, render_deployment(owner, spec, placement, cache)),
         ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
         ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
         ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),

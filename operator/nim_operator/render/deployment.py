@@ -3,33 +3,36 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec, ProbeSpec
 from nim_operator.placement import Placement
 from nim_operator.render.meta import Owner, child_labels, child_metadata, selector_labels
 
+if TYPE_CHECKING:  # at run time cache_mount imports status, which imports the renderers
+    from nim_operator.cache_mount import CacheMount
+
 MODEL_VOLUME = "model-store"
 SHM_VOLUME = "dshm"
 TMP_VOLUME = "tmp"
 
 
-def pvc_name(owner: Owner, spec: NIMServiceSpec) -> str | None:
-    """The claim mounted at /model-store, if the storage is a PVC or a NIMCache."""
+def pvc_name(owner: Owner, spec: NIMServiceSpec, cache: CacheMount | None = None) -> str | None:
+    """The claim mounted at /model-store, if the storage is a PVC or a NIMCache (its status names it)."""
     storage = spec.storage
     if storage is None:
         return None
     if storage.pvc is not None:
         return storage.pvc.name or f"{owner.name}-pvc"
     if storage.nim_cache is not None:
-        return f"{storage.nim_cache.name}-pvc"
+        return cache.claim if cache is not None else f"{storage.nim_cache.name}-pvc"
     return None
 
 
-def _model_volume(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
+def _model_volume(owner: Owner, spec: NIMServiceSpec, cache: CacheMount | None) -> dict[str, Any]:
     storage = spec.storage
-    claim = pvc_name(owner, spec)
+    claim = pvc_name(owner, spec, cache)
     if claim is not None:
         return {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
     if storage is not None and storage.host_path:
@@ -51,7 +54,7 @@ def shutdown_timing(grace_seconds: int) -> tuple[int, int]:
     return pre_stop, grace_seconds - pre_stop - margin
 
 
-def _env(spec: NIMServiceSpec, placement: Placement) -> list[dict[str, Any]]:
+def _env(spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None) -> list[dict[str, Any]]:
     """Operator env first, then the user's; a user entry with the same name replaces ours."""
     _, drain = shutdown_timing(spec.termination_grace_period_seconds)
     ours: list[dict[str, Any]] = [
@@ -68,6 +71,9 @@ def _env(spec: NIMServiceSpec, placement: Placement) -> list[dict[str, Any]]:
         ours.append({"name": c.ENV_MODEL_NAME, "value": spec.model.name})
     if spec.model and spec.model.uri:
         ours.append({"name": c.ENV_MODEL_PATH, "value": spec.model.uri})
+    elif cache is not None and cache.model_path:
+        # A hub cache holds one model folder: serve it (NVIDIA's universal NIM reads NIM_MODEL_NAME so).
+        ours.append({"name": c.ENV_MODEL_PATH, "value": cache.model_path})
     if spec.auth_secret:
         ours += [
             {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.auth_secret, "key": key, "optional": True}}}
@@ -134,25 +140,38 @@ def _tolerations(spec: NIMServiceSpec, gpu_pod: bool) -> list[dict[str, Any]]:
     return tolerations
 
 
-def _volumes(owner: Owner, spec: NIMServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    owner: Owner, spec: NIMServiceSpec, cache: CacheMount | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     shm: dict[str, Any] = {"medium": "Memory"}
     if spec.storage and spec.storage.shared_memory_size_limit:
         shm["sizeLimit"] = spec.storage.shared_memory_size_limit
-    volumes = [_model_volume(owner, spec), {"name": SHM_VOLUME, "emptyDir": shm}, {"name": TMP_VOLUME, "emptyDir": {}}]
+    volumes = [
+        _model_volume(owner, spec, cache),
+        {"name": SHM_VOLUME, "emptyDir": shm},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
     model_mount: dict[str, Any] = {"name": MODEL_VOLUME, "mountPath": c.MODEL_STORE}
     if spec.storage and spec.storage.read_only:
         model_mount["readOnly"] = True
     if spec.storage and spec.storage.pvc and spec.storage.pvc.sub_path:
         model_mount["subPath"] = spec.storage.pvc.sub_path
+    if cache is not None:
+        # Read-only: a filled cache is shared by every replica, and none may change what the others load.
+        model_mount["readOnly"] = True
+        if cache.sub_path:
+            model_mount["subPath"] = cache.sub_path
     mounts = [model_mount, {"name": SHM_VOLUME, "mountPath": "/dev/shm"}, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
     return volumes, mounts
 
 
-def _container(spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def _container(
+    spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str, Any]], cache: CacheMount | None = None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "nim",
         "image": f"{spec.image.repository}:{spec.image.tag}",
-        "env": _env(spec, placement),
+        "env": _env(spec, placement, cache),
         "ports": [{"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"}],
         "resources": _resources(spec, placement),
         "volumeMounts": mounts,
@@ -188,9 +207,11 @@ def _container(spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str
     return container
 
 
-def render_deployment(owner: Owner, spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec)
-    container = _container(spec, placement, mounts)
+def render_deployment(
+    owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None
+) -> dict[str, Any]:
+    volumes, mounts = _volumes(owner, spec, cache)
+    container = _container(spec, placement, mounts, cache)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,

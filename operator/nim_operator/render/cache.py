@@ -1,0 +1,286 @@
+"""A NIMCache's children: the claim that holds the weights and the Job that fills it. Pure.
+
+The claim is never owned by anything a routine edit deletes: with the default retention (Retain) it
+has no owner at all, so deleting and recreating a NIMCache (a GitOps rename, a re-install) finds the
+weights where they were. The Job is owned by its NIMCache; its template is immutable, so a changed
+source means a new Job (the shell deletes the old one, whose hash annotation no longer matches).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from nim_operator import constants as c
+from nim_operator.api.nimcache import NIMCacheSpec
+from nim_operator.kube import desired_hash
+
+#: The container of the Job; the pod failure policy names it.
+CONTAINER = "download"
+CACHE_VOLUME = "model-cache"
+TMP_VOLUME = "tmp"
+#: The download's exit codes a retry cannot fix (see ``nim_runtime.download``): fail the Job at once.
+PERMANENT_EXIT_CODES = (3, 4, 5)
+#: Tries of a download that may yet succeed (an unreachable hub), with the Job controller's back-off.
+BACKOFF_LIMIT = 4
+DEFAULT_REQUESTS = {"cpu": "250m", "memory": "1Gi"}
+
+
+@dataclass(frozen=True)
+class Cache:
+    """The NIMCache that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def cache_labels(cache: Cache) -> dict[str, str]:
+    # name != instance on purpose: a NIMService's pods carry name == instance, and the pod watch tells
+    # the two apart by it.
+    return {
+        c.LABEL_NAME: "nimcache",
+        c.LABEL_INSTANCE: cache.name,
+        c.LABEL_COMPONENT: "model-cache",
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        c.LABEL_NIMCACHE: cache.name,
+    }
+
+
+def _owner_reference(cache: Cache) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.CACHE_KIND,
+        "name": cache.name,
+        "uid": cache.uid,
+        "controller": True,
+    }
+
+
+def pvc_name(cache: Cache, spec: NIMCacheSpec) -> str:
+    pvc = spec.storage.pvc
+    return (pvc.name if pvc and pvc.name else None) or f"{cache.name}-pvc"
+
+
+def job_name(cache: Cache) -> str:
+    return f"{cache.name}-job"
+
+
+def creates_pvc(spec: NIMCacheSpec) -> bool:
+    return bool(spec.storage.pvc and spec.storage.pvc.create)
+
+
+def render_pvc(cache: Cache, spec: NIMCacheSpec) -> dict[str, Any] | None:
+    """The claim to create, or None when the spec names an existing one."""
+    pvc = spec.storage.pvc
+    if pvc is None or not pvc.create:
+        return None
+    body: dict[str, Any] = {
+        "accessModes": [pvc.volume_access_mode or "ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(pvc.size)}},
+    }
+    # NVIDIA's samples write storageClass: '' to mean "the default class"; an empty storageClassName
+    # would mean "no class" to Kubernetes and never bind on a cluster with dynamic provisioning.
+    if pvc.storage_class:
+        body["storageClassName"] = pvc.storage_class
+    meta: dict[str, Any] = {
+        "name": pvc_name(cache, spec),
+        "namespace": cache.namespace,
+        "labels": cache_labels(cache),
+    }
+    if pvc.annotations:
+        meta["annotations"] = dict(pvc.annotations)
+    if pvc.retention_policy == "Delete":
+        meta["ownerReferences"] = [_owner_reference(cache)]
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": body}
+
+
+def capacity_bytes(size: int | str | None) -> int | None:
+    """A quantity (``50Gi``, ``500M``, ``1073741824``) in bytes; None when absent or unreadable."""
+    if size is None:
+        return None
+    text = str(size).strip()
+    units = {
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+        "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    }  # fmt: skip
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        return None
+
+
+def _command(spec: NIMCacheSpec, claim_size: int | None) -> tuple[str | None, list[str]]:
+    """(image override or None for the runtime image, command) of the download container."""
+    source = spec.source
+    if source.ngc is not None:
+        # NVIDIA's documented entry point of every NIM image: it reads NGC_API_KEY and NIM_CACHE_PATH.
+        command = ["download-to-cache"]
+        model = source.ngc.model
+        if model is not None and model.profiles:
+            command += ["--profiles", *model.profiles]
+        return source.ngc.model_puller, command
+    if source.catalog is not None:
+        return None, ["nim-runtime", "download", "--catalog", source.catalog.model, "--dest", c.MODEL_STORE]
+    hub = source.hf or source.data_store
+    assert hub is not None  # admission guarantees exactly one source
+    command = ["nim-runtime", "download", "--endpoint", hub.endpoint, "--repo", hub.repo_id]
+    command += ["--repo-type", hub.repo_type, "--revision", hub.revision or "main", "--dest", c.MODEL_STORE]
+    if claim_size is not None:
+        command += ["--capacity-bytes", str(claim_size)]
+    return None, command
+
+
+def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
+    ours: list[dict[str, Any]] = [
+        {"name": c.ENV_CACHE_PATH, "value": c.MODEL_STORE},
+        {"name": "HF_HUB_OFFLINE", "value": "0"},
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "HF_HOME", "value": "/tmp/home/.cache/huggingface"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
+    hub = spec.source.hf or spec.source.data_store
+    if hub is not None:
+        ours.append({"name": "HF_ENDPOINT", "value": hub.endpoint})
+    if spec.proxy is not None:
+        for name, value in (
+            ("HTTP_PROXY", spec.proxy.http_proxy),
+            ("HTTPS_PROXY", spec.proxy.https_proxy),
+            ("NO_PROXY", spec.proxy.no_proxy),
+        ):
+            if value:
+                ours += [{"name": name, "value": value}, {"name": name.lower(), "value": value}]
+    user = {e.get("name") for e in spec.env}
+    return [e for e in ours if e["name"] not in user] + [copy.deepcopy(e) for e in spec.env]
+
+
+def _auth_secret(spec: NIMCacheSpec) -> str | None:
+    source = spec.source
+    if source.ngc is not None:
+        return source.ngc.auth_secret
+    hub = source.hf or source.data_store
+    return hub.auth_secret if hub is not None else None
+
+
+def _pull_secret(spec: NIMCacheSpec) -> str | None:
+    source = spec.source
+    if source.ngc is not None:
+        return source.ngc.pull_secret
+    return None  # hub and catalog sources run the operator's runtime image, pulled with its own secrets
+
+
+def render_job(
+    cache: Cache, spec: NIMCacheSpec, *, runtime_image: str, runtime_pull_secrets: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The download Job: non-root, read-only root, no GPU and no GPU-node selector (it needs neither)."""
+    size = capacity_bytes(spec.storage.pvc.size if spec.storage.pvc and spec.storage.pvc.create else None)
+    image, command = _command(spec, size)
+    user = spec.user_id if spec.user_id is not None else c.DEFAULT_USER_ID
+    group = spec.group_id if spec.group_id is not None else c.DEFAULT_GROUP_ID
+    requests: dict[str, Any] = dict(DEFAULT_REQUESTS)
+    limits: dict[str, Any] = {}
+    if spec.resources is not None:
+        for key, value in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
+            if value is not None:
+                requests[key] = limits[key] = value
+    mount: dict[str, Any] = {"name": CACHE_VOLUME, "mountPath": c.MODEL_STORE}
+    if spec.storage.pvc and spec.storage.pvc.sub_path:
+        mount["subPath"] = spec.storage.pvc.sub_path
+    mounts = [mount, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": pvc_name(cache, spec)}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    if spec.cert_config is not None:
+        mounts.append({"name": "certs", "mountPath": spec.cert_config.mount_path, "readOnly": True})
+        volumes.append({"name": "certs", "configMap": {"name": spec.cert_config.name}})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": image or runtime_image,
+        "command": command,
+        "env": _env(spec),
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    secret = _auth_secret(spec)
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": user,
+            "runAsGroup": group,
+            "fsGroup": group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.init_containers:
+        pod["initContainers"] = [
+            {
+                "name": ic.name,
+                "image": f"{ic.image.repository}:{ic.image.tag}",
+                **({"command": list(ic.command)} if ic.command else {}),
+                **({"args": list(ic.args)} if ic.args else {}),
+                **({"env": copy.deepcopy(ic.env)} if ic.env else {}),
+                **({"workingDir": ic.working_dir} if ic.working_dir else {}),
+                "volumeMounts": [dict(mount)],
+            }
+            for ic in spec.init_containers
+        ]
+    pull = _pull_secret(spec)
+    pull_secrets = [pull] if pull else ([] if image else list(runtime_pull_secrets))
+    if pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = copy.deepcopy(spec.tolerations)
+    if spec.runtime_class_name:
+        pod["runtimeClassName"] = spec.runtime_class_name
+    labels = cache_labels(cache)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": BACKOFF_LIMIT,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(PERMANENT_EXIT_CODES)},
+                },
+                # A pod evicted or preempted did not fail: its try does not count.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(cache),
+            "namespace": cache.namespace,
+            "labels": labels,
+            "annotations": {c.ANNOTATION_JOB_HASH: desired_hash(job_spec)},
+            "ownerReferences": [_owner_reference(cache)],
+        },
+        "spec": job_spec,
+    }
