@@ -336,6 +336,9 @@ class Reconciler:
         this pass created are deleted again.
         """
         changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
+        for body in changed:
+            if body["kind"] == "PersistentVolumeClaim" and not self.kube.knows(body):
+                self._refuse_foreign_claim(owner, body["metadata"]["name"])
         try:
             for body in changed:
                 if self.kube.knows(body):
@@ -362,6 +365,22 @@ class Reconciler:
             ):
                 outcome.deleted.append(f"{child.kind}/{child.name}")
         return outcome, live
+
+    def _refuse_foreign_claim(self, owner: Owner, name: str) -> None:
+        """A claim to create that already exists must be this NIMService's: a user's claim of the same name
+        is never taken over (server-side apply would, and the NIMService's settings would land on it)."""
+        live = self.kube.get("v1", "PersistentVolumeClaim", owner.namespace, name)
+        labels = (live or {}).get("metadata", {}).get("labels") or {}
+        ours = labels.get(c.LABEL_MANAGED_BY) == c.MANAGED_BY and labels.get(c.LABEL_INSTANCE) == owner.name
+        if live is None or ours:
+            return
+        raise _Refusal(
+            Failure(
+                "PVCNotOwned",
+                f"PersistentVolumeClaim {name} exists and was not created for this NIMService: set "
+                "spec.storage.pvc.create to false to mount it as it is, or name another claim in spec.storage.pvc.name",
+            )
+        )
 
     def _fail(
         self,

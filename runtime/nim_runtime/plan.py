@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nim_runtime.config import DEFAULT_MODEL_NAME, RuntimeConfig
 from nim_runtime.profiles import ModelManifest, Profile, find_manifest, load_catalog, select_local_profile
-from nim_runtime.sources import custom_manifest, resolve_source
+from nim_runtime.sources import SourceError, custom_manifest, resolve_source
 
 
 class PlanError(ValueError):
@@ -55,8 +55,7 @@ def make_plan(config: RuntimeConfig) -> ServingPlan:
             )
         source = manifest.source
     else:
-        path = Path(config.model_path).expanduser()
-        source = str(path)
+        source, path = _model_location(config)
         manifest = find_manifest(config.model_name) if config.model_name else None
         if manifest is None:
             name = next(iter(_names(config.served_model_name)), None) or config.model_name or path.name
@@ -64,6 +63,32 @@ def make_plan(config: RuntimeConfig) -> ServingPlan:
     # ProfileError (a ValueError) lists the valid ids; the caller reports it and exits.
     profile = select_local_profile(manifest, config.profile)
     return ServingPlan(manifest=manifest, profile=profile, served_names=served_names(config, manifest), source=source)
+
+
+#: Schemes NIM_MODEL_PATH may use beside a plain folder (see :mod:`nim_runtime.sources`).
+URI_SCHEMES = ("hf://", "pvc://")
+
+
+def _model_location(config: RuntimeConfig) -> tuple[str, Path]:
+    """NIM_MODEL_PATH as a source string and the folder it names.
+
+    The scheme is read before any path handling: ``Path("hf://org/name")`` would collapse the ``//``
+    and turn a hub reference into a local path that does not exist.
+    """
+    value = str(config.model_path)
+    if "://" not in value:
+        path = Path(value).expanduser()
+        return str(path), path
+    if not value.startswith(URI_SCHEMES):
+        raise PlanError(
+            f"NIM_MODEL_PATH={value!r} has an unknown scheme; use hf://org/name[@revision], "
+            "pvc://claim/sub/path or a local folder"
+        )
+    try:
+        resolved = resolve_source(value, config.cache_path, prepared_cache=config.prepared_cache)
+    except SourceError as exc:
+        raise PlanError(str(exc)) from None
+    return value, resolved.path
 
 
 def served_names(config: RuntimeConfig, manifest: ModelManifest) -> tuple[str, ...]:

@@ -155,8 +155,20 @@ def test_disabled_features_render_as_deletions() -> None:
     children = {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec))}
     assert children["Deployment"].body is not None
     assert children["Deployment"].body["spec"]["replicas"] == 3
-    for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "Ingress", "PersistentVolumeClaim"):
+    for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "Ingress"):
         assert children[kind].body is None
+    # A claim is never rendered as a deletion: no reconcile removes weights.
+    assert "PersistentVolumeClaim" not in children
+
+
+def test_a_created_claim_outlives_its_nimservice() -> None:
+    spec = _spec(storage={"pvc": {"create": True, "size": "50Gi", "annotations": {"backup": "daily"}}})
+    children = {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec))}
+    claim = children["PersistentVolumeClaim"].body
+    assert claim is not None
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["labels"][c.LABEL_INSTANCE] == "llama"
+    assert claim["metadata"]["annotations"] == {"backup": "daily"}
     service = children["Service"].body
     assert service is not None
     assert service["spec"]["ports"] == [{"name": "api", "port": 8000, "targetPort": "api", "protocol": "TCP"}]

@@ -66,3 +66,24 @@ def test_model_path_with_a_catalog_name_keeps_the_manifest(tmp_path: Path) -> No
     argv = engine_argv(plan, config, tmp_path)
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert "--enforce-eager" not in argv
+
+
+def test_a_pvc_uri_names_a_folder_of_the_mounted_store(tmp_path: Path) -> None:
+    model = tmp_path / "weights" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 1024}))
+    plan = make_plan(RuntimeConfig(model_path="pvc://model-claim/weights/tiny", cache_path=tmp_path))
+    assert plan.source == "pvc://model-claim/weights/tiny"  # not collapsed to pvc:/model-claim/...
+    assert plan.manifest.max_model_len == 1024
+    assert plan.served_name == "tiny"
+
+
+def test_an_hf_uri_is_looked_up_in_the_hub_cache_not_as_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PlanError, match=r"hf://acme/tiny is not in the cache"):
+        make_plan(RuntimeConfig(model_path="hf://acme/tiny", cache_path=tmp_path))
+
+
+def test_an_unknown_scheme_is_refused_by_name() -> None:
+    with pytest.raises(PlanError, match=r"unknown scheme"):
+        make_plan(RuntimeConfig(model_path="s3://bucket/model"))

@@ -159,29 +159,31 @@ def render_pvc(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     }
     if pvc.storage_class:
         body["storageClassName"] = pvc.storage_class
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": child_metadata(owner, pvc.name or f"{owner.name}-pvc", spec.labels),
-        "spec": body,
-    }
+    meta = child_metadata(owner, pvc_name(owner, spec), spec.labels)
+    # Not owned: the claim holds weights that outlive the NIMService (a delete and re-create, a GitOps
+    # rename, must find them), so garbage collection never takes it. Its labels say whose it is.
+    del meta["ownerReferences"]
+    if pvc.annotations:
+        meta["annotations"] = dict(pvc.annotations)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": body}
+
+
+def pvc_name(owner: Owner, spec: NIMServiceSpec) -> str:
+    pvc = spec.storage.pvc if spec.storage else None
+    return (pvc.name if pvc and pvc.name else None) or f"{owner.name}-pvc"
 
 
 def render_children(
     owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None
 ) -> list[Child]:
     """All children in apply order (storage before the pods that mount it)."""
-    rendered: list[tuple[str, str, str, dict[str, Any] | None]] = [
-        (
-            "v1",
-            "PersistentVolumeClaim",
-            (
-                spec.storage.pvc.name
-                if spec.storage and spec.storage.pvc and spec.storage.pvc.name
-                else f"{owner.name}-pvc"
-            ),
-            render_pvc(owner, spec),
-        ),
+    rendered: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    claim = render_pvc(owner, spec)
+    if claim is not None:
+        # Only ever applied, never rendered as a deletion: no reconcile deletes a claim that holds weights
+        # (turning storage.pvc.create off, or moving to emptyDir, leaves it for the user to remove).
+        rendered.append(("v1", "PersistentVolumeClaim", pvc_name(owner, spec), claim))
+    rendered += [
         ("apps/v1", "Deployment", owner.name, render_deployment(owner, spec, placement, cache)),
         ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
         ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
