@@ -57,6 +57,10 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+#: Reasons the Job controller gives a failed Job; the downloader's own reason says more.
+_JOB_REASONS = frozenset({"PodFailurePolicy", "BackoffLimitExceeded", "DeadlineExceeded", "JobFailed"})
+
+
 @dataclass(frozen=True)
 class _Reading:
     state: str
@@ -131,6 +135,12 @@ def compute_cache_status(
         reading = _Reading("Failed", failure.reason, failure.message)
     else:
         reading = _read(pvc_name or "", pvc, job, list(pods))
+    if reading.reason in _JOB_REASONS and previous is not None and previous.state == "Failed":
+        # Only the Job's words, because the pods' events have not arrived yet (an operator restart): the
+        # downloader's reason, reported before, is still the one to read.
+        said = next((x for x in previous.conditions if x.type == "Failed"), None)
+        if said is not None and said.reason not in _JOB_REASONS:
+            reading = _Reading("Failed", said.reason, said.message)
     ready = reading.state == "Ready"
     failed = reading.state == "Failed"
     conditions = [

@@ -296,3 +296,14 @@ def test_a_catalog_cache_leaves_the_model_to_the_runtime() -> None:
     mount, _ = cache_mount("team-a", "c", _cache_body("Ready", {"catalog": {"model": "x"}}))
     assert mount is not None
     assert mount.model_path is None
+
+
+def test_after_a_restart_the_downloaders_reason_is_kept_until_the_pods_are_seen() -> None:
+    said = '{"reason": "NotFound", "message": "model acme/nope at http://hub does not exist"}'
+    before = _status(_job("Failed"), [_pod("Failed", message=said)])
+    job = _job("Failed")
+    job["status"]["conditions"][0]["reason"] = "PodFailurePolicy"
+    after = compute_cache_status(
+        generation=2, previous=before, pvc_name="smollm2-pvc", pvc=PVC, job=job, pods=[], failure=None, now="later"
+    )
+    assert after == before
