@@ -3,10 +3,16 @@
 It is plain ASGI rather than Starlette's ``BaseHTTPMiddleware`` so streamed responses pass through
 untouched and "in flight" lasts until the last byte of a stream is sent: that is what a drain waits for,
 and what the admission limit counts (vLLM queues whatever it is given, without bound).
+
+An answer that comes before the request body has been read (a 413, 401, 429 or 503, or a route that
+stops reading at the size limit) is sent only after the rest of the body is read and dropped: closing a
+connection with unread data makes the kernel reset it, and a client still sending (urllib, or any client
+that sends ``Connection: close``) then gets ``ConnectionResetError`` instead of the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -22,6 +28,13 @@ from nim_runtime.metrics import RuntimeMetrics
 #: Seconds a client refused for a full queue is told to wait: one engine step frees slots on the CPU,
 #: and the OpenAI SDK honours the header on its automatic retries.
 QUEUE_FULL_RETRY_AFTER = "1"
+
+#: Bytes of an unread request body read and dropped before an early answer; beyond them (or after
+#: DISCARD_SECONDS) the answer is sent with ``Connection: close`` and the rest is left unread, so a client
+#: sending without end cannot hold the server.
+MAX_DISCARD_BYTES = 64 * 1024 * 1024
+DISCARD_SECONDS = 10.0
+_CLOSE = (b"connection", b"close")
 
 #: Routes reported under their own label; anything else is "other" (keeps label cardinality bounded).
 KNOWN_ROUTES = frozenset({
@@ -58,33 +71,39 @@ class Gatekeeper:
         method: str = scope["method"]
         status = 500
 
+        body = RequestBody(scope, receive)
+        receive = body.receive
+
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self.lifecycle.phase is Phase.DRAINING:
-                    # Every answer during the drain ends its connection: the client's next request opens
-                    # a new one, which the Service sends to a pod that is not going away.
-                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+                # Every answer during the drain ends its connection: the client's next request opens a new
+                # one, which the Service sends to a pod that is not going away.
+                close = self.lifecycle.phase is Phase.DRAINING
+                if not await body.discard_rest():
+                    close = True
+                headers = list(message.get("headers", []))
+                if close and _CLOSE not in headers:
+                    message = {**message, "headers": [*headers, _CLOSE]}
             await send(message)
 
         inference = method == "POST" and is_protected(path)
         try:
             refusal = self._refusal(scope, path, inference)
             if refusal is not None:
-                status, body, headers = refusal
-                await _send_json(send, status, body, headers)
+                await _send_json(send_and_record, *refusal)
                 return
             if not inference:
                 await self.app(scope, receive, send_and_record)
                 return
             if not self.lifecycle.try_request_started(self.max_queued_requests):
-                status = 429
                 message = (
                     f"The server is busy: {self.max_queued_requests} requests are already in flight "
                     "(NIM_MAX_QUEUED_REQUESTS); retry after the time in Retry-After"
                 )
-                await _send_json(send, status, error_body(status, message), {"retry-after": QUEUE_FULL_RETRY_AFTER})
+                retry = {"retry-after": QUEUE_FULL_RETRY_AFTER}
+                await _send_json(send_and_record, 429, error_body(429, message), retry)
                 return
             self.metrics.in_flight.inc()
             try:
@@ -121,6 +140,43 @@ class Gatekeeper:
             }[self.lifecycle.phase]
             return 503, error_body(503, message), {**retry, "connection": "close"}
         return None
+
+
+class RequestBody:
+    """The request body's progress, so an early answer can read and drop the rest first."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0").strip()
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        self._receive = receive
+        self.done = not chunked and length in (b"", b"0")
+        self._started = False
+        # A client sending `Expect: 100-continue` holds the body back until the server asks for it (uvicorn
+        # does on the first read): answering without reading is then the right thing, nothing was sent.
+        self._withheld = b"100-continue" in headers.get(b"expect", b"").lower()
+
+    async def receive(self) -> Message:
+        self._started = True
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def discard_rest(self) -> bool:
+        """Read and drop the unread part of the body; False when it is over MAX_DISCARD_BYTES or too slow."""
+        if self.done or (self._withheld and not self._started):
+            return True
+        dropped = 0
+        try:
+            async with asyncio.timeout(DISCARD_SECONDS):
+                while not self.done:
+                    dropped += len((await self.receive()).get("body", b""))
+                    if dropped > MAX_DISCARD_BYTES and not self.done:
+                        return False
+        except TimeoutError:
+            return False
+        return True
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
