@@ -3,13 +3,17 @@
 The Responses API with the OpenAI SDK (streamed and not) on SmolLM2; ``/v1/models/{id}``; score,
 rerank and pooling on MiniLM (an embedding model scores by cosine similarity); classification on a
 tiny random sequence classifier; LoRA adapters loaded at run time into the tiny random Llama behind
-vLLM's flag and vLLM's own ``--api-key``; and an API the model cannot do answers a 400 saying so.
+vLLM's flag and vLLM's own ``--api-key``; TLS and CORS from vLLM's options; and an API the model
+cannot do answers a 400 saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +21,17 @@ import httpx
 import openai
 import pytest
 
-from tests.runtime.conftest import CACHE, MINILM, SMOLLM2, TINY, Server, serving, start_tiny_server
+from tests.runtime.conftest import (
+    CACHE,
+    MINILM,
+    REPO,
+    SMOLLM2,
+    START_TIMEOUT,
+    TINY,
+    Server,
+    serving,
+    start_tiny_server,
+)
 
 pytestmark = pytest.mark.runtime
 
@@ -258,3 +272,52 @@ def test_stored_responses_are_retrieved_by_id(tiny_vllm_flags: Server) -> None:
     assert background.status in ("queued", "in_progress")
     assert client.responses.cancel(background.id).status == "cancelled"
     assert client.responses.retrieve(background.id).status == "cancelled"
+
+
+# --- vLLM's TLS and CORS options, and a refused option --------------------------------------------
+
+
+def test_a_server_option_nim_runtime_does_not_apply_stops_the_start(runtime_tmp: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIM_")} | {"NIM_PASSTHROUGH_ARGS": "--port 9000"}
+    result = subprocess.run([sys.executable, "-m", "nim_runtime"], env=env, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+    assert "NIM_SERVER_PORT" in result.stderr
+
+
+def test_tls_and_cors_from_vllms_options(runtime_tmp: Path, tiny_model: Path) -> None:
+    cert, key = runtime_tmp / "tls.crt", runtime_tmp / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    origin = "https://app.example"
+    server = start_tiny_server(
+        runtime_tmp, "tiny-tls", tiny_model,
+        NIM_PASSTHROUGH_ARGS=f"--ssl-certfile {cert} --ssl-keyfile {key} --allowed-origins '[\"{origin}\"]'",
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{server.port}"
+    try:
+        with httpx.Client(base_url=url, verify=str(cert), timeout=30) as client:
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                assert server.proc.poll() is None, server.tail()
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/v1/health/ready").status_code == 200:
+                        break
+                time.sleep(0.5)
+            chat = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            answer = client.post("/v1/chat/completions", json=chat, headers={"origin": origin})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["access-control-allow-origin"] == origin
+            preflight = client.options(
+                "/v1/chat/completions", headers={"origin": origin, "access-control-request-method": "POST"}
+            )
+            assert preflight.status_code == 200
+            foreign = client.post("/v1/chat/completions", json=chat, headers={"origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in foreign.headers
+        with pytest.raises(httpx.HTTPError):  # plaintext is not served
+            httpx.get(f"http://127.0.0.1:{server.port}/v1/health/ready", timeout=5)
+    finally:
+        server.stop()
