@@ -109,8 +109,8 @@ def test_memory_and_gpu_count_rule_out_small_nodes() -> None:
     with pytest.raises(ProfileError) as err:
         select_profile(LLAMA_8B, a10g_only)
     message = str(err.value)
-    assert "vllm-bf16-tp1: no node can run it: a10g-0 has 23028 MiB per GPU, needs 24576" in message
-    assert "vllm-bf16-tp2-a10g: no node can run it: a10g-0 has 1 GPU(s), needs 2" in message
+    assert "vllm-bf16-tp1: no node can run it: NVIDIA-A10G has 23028 MiB per GPU, needs 24576" in message
+    assert "vllm-bf16-tp2-a10g: no node can run it: NVIDIA-A10G has 1 GPU(s), needs 2" in message
     assert len(err.value.rejected) == len(LLAMA_8B.profiles)
 
 
@@ -177,3 +177,14 @@ def test_bad_manifest_names_the_field() -> None:
             "name: x\nsource: hf://x/y\nmax_model_len: 10\nlicense: mit\n"
             "profiles:\n- {id: a, precision: fp8}\n- {id: a, precision: bf16}"
         )
+
+
+def test_decision_text_does_not_change_when_a_node_of_a_known_product_joins() -> None:
+    assert LLAMA_8B is not None
+    one = _pool("a10g", 1, "NVIDIA-A10G", 1, 23028) + _pool("h100", 1, "NVIDIA-H100-80GB-HBM3", 8, 81559)
+    more = _pool("a10g", 3, "NVIDIA-A10G", 1, 23028) + _pool("h100", 2, "NVIDIA-H100-80GB-HBM3", 8, 81559)
+    before, after = select_profile(LLAMA_8B, one), select_profile(LLAMA_8B, more)
+    # Status is written from these; node names or counts in them would rewrite every status on each join.
+    assert before.reason == after.reason
+    assert before.rejected == after.rejected
+    assert before.nodes != after.nodes

@@ -112,17 +112,19 @@ def _node_misfit(profile: Profile, node: NodeGpuFacts, selector: ProfileSelector
     return None
 
 
-def _why_no_node(misfits: dict[str, str]) -> str:
-    """One line per distinct reason, naming a few nodes: short enough for a status field."""
+def _why_no_node(misfits: dict[str, str], nodes: Sequence[NodeGpuFacts]) -> str:
+    """One part per distinct reason, naming the GPU products (not the nodes) it applies to.
+
+    The text lands in every NIMService's status: with node names or counts in it, each node joining or
+    leaving the cluster would rewrite the status of every service; products change far less often.
+    """
     if not misfits:
         return "the cluster has no nodes"
-    by_reason: dict[str, list[str]] = {}
+    product = {n.name: n.product or "nodes without GPUs" for n in nodes}
+    by_reason: dict[str, set[str]] = {}
     for node, why in misfits.items():
-        by_reason.setdefault(why, []).append(node)
-    parts = []
-    for why, nodes in sorted(by_reason.items()):
-        shown = ", ".join(sorted(nodes)[:2]) + (f" and {len(nodes) - 2} more" if len(nodes) > 2 else "")
-        parts.append(f"{shown} {why}")
+        by_reason.setdefault(why, set()).add(product.get(node, "nodes without GPUs"))
+    parts = [f"{', '.join(sorted(products))} {why}" for why, products in sorted(by_reason.items())]
     return "no node can run it: " + "; ".join(parts)
 
 
@@ -177,7 +179,7 @@ def select_profile(
         if able or (selector.gpu_products and profile.device == "gpu"):
             feasible.append((profile, able))
         else:
-            rejected.append(Rejection(profile.id, _why_no_node(misfits)))
+            rejected.append(Rejection(profile.id, _why_no_node(misfits, nodes)))
 
     if not feasible:
         lines = "; ".join(f"{r.id}: {r.why}" for r in rejected)
@@ -195,7 +197,7 @@ def select_profile(
     best = feasible[0][0]
     if kept is not None and chosen.id != best.id:
         reason = (
-            f"{chosen.id}: kept the earlier decision while it stays runnable on {len(able)} node(s) ({where}), "
+            f"{chosen.id}: kept the earlier decision while it stays runnable ({where}), "
             f"so the service does not move; {best.id} would rank first for a new one"
         )
     elif not able:
@@ -205,7 +207,7 @@ def select_profile(
         )
     else:
         reason = (
-            f"{chosen.id}: runnable on {len(able)} node(s) ({where}); best of {len(feasible)} feasible "
+            f"{chosen.id}: runnable on {where}; best of {len(feasible)} feasible "
             "(hardware-specific, then lower precision, then fewer GPUs per replica)"
         )
     return ProfileDecision(
@@ -230,7 +232,7 @@ def _pinned_decision(
     able = tuple(n for n in nodes if n.name not in misfits)
     reason = f"{profile.id}: pinned by spec.profile"
     if not able:
-        reason += f"; {_why_no_node(misfits)}, so pods stay Pending until such a node joins"
+        reason += f"; {_why_no_node(misfits, nodes)}, so pods stay Pending until such a node joins"
     rejected = tuple(Rejection(p.id, f"spec.profile pins {profile.id}") for p in manifest.profiles if p != profile)
     return ProfileDecision(profile, _products(able), tuple(sorted(n.name for n in able)), reason, rejected)
 
