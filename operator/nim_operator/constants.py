@@ -15,6 +15,8 @@ CACHE_SINGULAR = "nimcache"
 CACHE_SHORT_NAMES = ("nimc",)
 
 FIELD_MANAGER = "nim-operator"
+#: Owns fields the operator hands to another controller (replicas, to an HPA) for the moment of the handover.
+HANDOVER_FIELD_MANAGER = "nim-operator-handover"
 
 # Labels put on every child; the first two form the (immutable) pod selector.
 LABEL_NAME = "app.kubernetes.io/name"

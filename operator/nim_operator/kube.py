@@ -166,6 +166,20 @@ class Kube:
                 self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
         return result, status == 201
 
+    def hand_over(self, api_version: str, kind: str, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        """Apply ``fields`` (their current values) under a second field manager, which then shares their
+        ownership, so that our next apply may drop them without the API server removing them. (An Update
+        that changes nothing would take no ownership; an apply always does.)"""
+        metrics.API_WRITES.labels(kind, "handover").inc()
+        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}, **fields}
+        self.request(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name),
+            body=body,
+            query=[("fieldManager", c.HANDOVER_FIELD_MANAGER)],
+            content_type="application/apply-patch+yaml",
+        )
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete a child this reconcile just created (rolling back a creation that failed half-way), or
         a Job being replaced. Dependents go too: the API's default for Jobs would orphan their pods."""

@@ -72,6 +72,17 @@ def _service_key(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return None if service is None else (pod["metadata"]["namespace"], service)
 
 
+def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
+    """Whether our field manager's apply owns ``spec.replicas`` of this Deployment (and no one else does)."""
+    owners = [
+        entry
+        for entry in deployment.get("metadata", {}).get("managedFields") or []
+        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+    ]
+    ours = any(e.get("manager") == c.FIELD_MANAGER and e.get("operation") == "Apply" for e in owners)
+    return ours and len(owners) == 1
+
+
 class _Refusal(Exception):
     """This generation of the spec cannot be reconciled: report the failure, touch nothing more."""
 
@@ -345,6 +356,9 @@ class Reconciler:
                     self.kube.apply(body, dry_run=True)
         except ChildRejected as err:
             raise _Refusal(Failure("InvalidSpec", str(err))) from err
+        for body in changed:
+            if body["kind"] == "Deployment" and self.kube.knows(body):
+                self._hand_over_replicas(owner, body)
         outcome = Outcome(status=NIMServiceStatus())
         live: dict[str, dict[str, Any]] = {}
         created: list[dict[str, Any]] = []
@@ -365,6 +379,25 @@ class Reconciler:
             ):
                 outcome.deleted.append(f"{child.kind}/{child.name}")
         return outcome, live
+
+    def _hand_over_replicas(self, owner: Owner, body: dict[str, Any]) -> None:
+        """Before an apply that stops setting ``spec.replicas`` (autoscaling turned on), give the field to
+        another manager at its current value.
+
+        Server-side apply removes a field its manager no longer sets when no other manager owns it, and the
+        Deployment's default (1) would then replace, say, 3 running replicas until the autoscaler acts. With
+        a second owner the field keeps its value; the autoscaler takes it over from there.
+        """
+        if "replicas" in body["spec"]:
+            return
+        current = self._deployments.get((owner.namespace, owner.name)) or self.kube.get(
+            "apps/v1", "Deployment", owner.namespace, owner.name
+        )
+        if current is None or not _applies_replicas(current):
+            return
+        self.kube.hand_over(
+            "apps/v1", "Deployment", owner.namespace, owner.name, {"spec": {"replicas": current["spec"]["replicas"]}}
+        )
 
     def _refuse_foreign_claim(self, owner: Owner, name: str) -> None:
         """A claim to create that already exists must be this NIMService's: a user's claim of the same name

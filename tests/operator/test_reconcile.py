@@ -207,3 +207,34 @@ def test_examples_reconcile_to_ready(nim: NIM, example: str) -> None:
     nim.create(body["metadata"]["name"], body["spec"])
     status = nim.wait_state(body["metadata"]["name"], "Ready", timeout=90)
     assert status["profile"]["id"]
+
+
+def test_turning_on_autoscaling_hands_the_replica_count_to_the_hpa_without_a_drop(nim: NIM) -> None:
+    nim.create("handover", {**SMOL, "replicas": 3})
+    wait_for(lambda: nim.status("handover").get("availableReplicas") == 3, what="three available replicas")
+    # NVIDIA's own samples keep replicas beside scale.enabled; the count must not fall to the default 1.
+    nim.patch("handover", {"spec": {"scale": {"enabled": True, "hpa": {"minReplicas": 1, "maxReplicas": 5}}}})
+    wait_for(
+        lambda: nim.status("handover").get("observedGeneration") == nim.get("handover")["metadata"]["generation"],
+        what="the autoscaled generation to be reconciled",
+    )
+    seen: list[int] = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        deployment = nim.deployment("handover")
+        assert deployment is not None
+        seen.append(deployment.spec.replicas)
+        time.sleep(0.2)
+    assert min(seen) == 3, seen
+    hpa = client.AutoscalingV2Api(nim.api).read_namespaced_horizontal_pod_autoscaler("handover", nim.namespace)
+    assert hpa.spec.max_replicas == 5
+    # Our apply no longer owns the count; the handover's manager holds it until the autoscaler changes it.
+    deployment = nim.deployment("handover")
+    assert deployment is not None
+    owners = [
+        f.manager
+        for f in deployment.metadata.managed_fields
+        if "f:replicas" in ((f.fields_v1 or {}).get("f:spec") or {})
+    ]
+    assert "nim-operator" not in owners, owners
+    assert owners, owners
