@@ -112,8 +112,8 @@ def build_server_args(argv: Sequence[str]) -> Namespace:
     assert isinstance(args, Namespace)
     if unapplied := unapplied_options(argv, vars(args)):
         raise EngineArgsError(
-            f"vLLM server options {', '.join(unapplied)} reach vLLM from outside NIM_PASSTHROUGH_ARGS' own "
-            "words (a --config file?); nim-runtime would not apply them: put them in NIM_PASSTHROUGH_ARGS"
+            f"vLLM server options {', '.join(unapplied)} come from outside the NIM_PASSTHROUGH_ARGS line (a "
+            "--config file?), where nim-runtime could not check them at start; set them in NIM_PASSTHROUGH_ARGS"
         )
     return args
 

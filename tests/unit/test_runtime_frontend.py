@@ -7,6 +7,7 @@ option fails here until the option is given a fate.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,14 @@ def test_the_option_table_matches_vllms_parser() -> None:
     theirs = vars(parser.parse_args(argv))
     ours = parse_server_options(argv)
     assert {dest: theirs[dest] for dest in SERVER_OPTIONS} == ours
+
+
+def test_server_options_in_a_vllm_config_file_stop_the_load(tmp_path: Path) -> None:
+    """``--config`` is read by vLLM's parser only, in the loader: an API key there must not be dropped."""
+    from nim_runtime.engine import EngineArgsError, build_server_args
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("api-key: from-the-file\n")
+    assert build_server_args(["--model", "m", "--max-model-len", "64"]).max_model_len == 64
+    with pytest.raises(EngineArgsError, match="--api-key"):
+        build_server_args(["--model", "m", "--config", str(config)])
