@@ -40,7 +40,9 @@ _CLOSE = (b"connection", b"close")
 KNOWN_ROUTES = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize",
     "/v1/health/live", "/v1/health/ready", "/v1/metrics", "/v1/version", "/v1/metadata", "/v1/manifest",
-    "/v1/license", "/inference/chat_completion", "/ls/inference/chat_completion",
+    "/v1/license", "/inference/chat_completion", "/ls/inference/chat_completion", "/v1/responses", "/score",
+    "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling", "/classify", "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
 })  # fmt: skip
 
 
