@@ -2,7 +2,8 @@
 # `make setup` installs from nothing: uv (into a per-user cache), the locked Python environment,
 # the cluster binaries (control plane, kubelet, kube-proxy: built from Go modules, cached per version),
 # the host packages of the real nodes (containerd, runc, CNI plugins, nftables; Debian's, needs root),
-# the real nodes' pause and base images, and the embedded models.
+# the real nodes' pause and base images, the embedded models, and the real clients the tests drive that
+# cannot share our environment (llama-stack-client 0.0.40, in a venv of its own).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -16,7 +17,7 @@ EXTRAS := --extra operator --extra runtime --extra cpu --extra embedded
 KUBECONFIG_LOCAL := .cache/cluster/kubeconfig
 PYTEST_ARGS ?=
 
-.PHONY: help setup env cluster-bin models lint fmt crds test test-unit test-cluster test-runtime test-e2e \
+.PHONY: help setup env cluster-bin models clients lint fmt crds test test-unit test-cluster test-runtime test-e2e \
         cluster-up cluster-down images demo bench-runtime bench-operator clean
 
 help:
@@ -41,7 +42,12 @@ cluster-bin: env
 models: env
 	$(PY) -m nim_runtime prepare
 
-setup: env cluster-bin models
+# Real clients that cannot share our environment (llama-stack-client 0.0.40 needs httpx<0.28), each in
+# a venv of its own under the cache; the runtime tests would make them too, this only does it up front.
+clients: env
+	$(PY) -m tests.runtime.clients
+
+setup: env cluster-bin models clients
 
 lint: env
 	.venv/bin/ruff check .
@@ -69,7 +75,7 @@ test-cluster: env cluster-bin
 test-e2e: env cluster-bin
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-runtime: env models
+test-runtime: env models clients
 	$(PY) -m pytest tests/runtime $(PYTEST_ARGS)
 
 cluster-up: env cluster-bin
