@@ -25,10 +25,10 @@ def test_smollm2_gets_the_model_cards_sampling_but_no_hard_token_limit(tmp_path:
 
 def test_the_manifest_default_applies_when_nothing_is_set() -> None:
     config = RuntimeConfig(profile="vllm-cpu-bf16")
-    assert default_max_tokens(make_plan(config), config) == 512
+    assert default_max_tokens(make_plan(config), config) == 256
 
 
-@pytest.mark.parametrize(("value", "expected"), [("64", 64), ("0", None), ("", 512)])
+@pytest.mark.parametrize(("value", "expected"), [("64", 64), ("0", None), ("", 256)])
 def test_nim_default_max_tokens_overrides_the_manifest(value: str, expected: int | None) -> None:
     config = RuntimeConfig.from_env({"NIM_DEFAULT_MAX_TOKENS": value, "NIM_MODEL_PROFILE": "vllm-cpu-bf16"})
     assert default_max_tokens(make_plan(config), config) == expected
