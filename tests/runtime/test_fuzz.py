@@ -25,10 +25,10 @@ MAX_EXAMPLES = 30
 #: Upper bounds for fields that multiply engine work (tokens x sequences); larger generated values are
 #: lowered to these, smaller and ill-typed ones are sent as generated.
 WORK_BOUNDS = {
-    "max_tokens": 8, "max_completion_tokens": 8, "min_tokens": 8, "n": 2, "best_of": 2,
+    "max_tokens": 8, "max_completion_tokens": 8, "max_output_tokens": 8, "min_tokens": 8, "n": 2, "best_of": 2,
     "logprobs": 5, "top_logprobs": 5, "prompt_logprobs": 5,
 }  # fmt: skip
-GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 LLAMA_STACK_ROUTES = frozenset({"/inference/chat_completion", "/ls/inference/chat_completion"})
 #: Seconds one request may take; generous because a benchmark may share the machine.
 REQUEST_TIMEOUT = 120
@@ -65,7 +65,9 @@ def bound_work(body: Any, *, path: str, positive: bool) -> Any:
             bounded["sampling_params"].setdefault("max_tokens", WORK_BOUNDS["max_tokens"])
         if positive:
             bounded["model_id"] = TINY
-    if path in GENERATION_ROUTES and "max_tokens" not in bounded and "max_completion_tokens" not in bounded:
+    if path == "/v1/responses":
+        bounded.setdefault("max_output_tokens", WORK_BOUNDS["max_output_tokens"])
+    elif path in GENERATION_ROUTES and "max_tokens" not in bounded and "max_completion_tokens" not in bounded:
         bounded["max_tokens"] = WORK_BOUNDS["max_tokens"]
     if positive and path not in LLAMA_STACK_ROUTES and isinstance(bounded.get("model"), str | None):
         bounded["model"] = TINY
@@ -76,7 +78,8 @@ def bound_work(body: Any, *, path: str, positive: bool) -> Any:
 def api_schema(tiny_small_batch: Server) -> schemathesis.BaseSchema:
     raw = httpx.get(f"{tiny_small_batch.url}/openapi.json", timeout=30).json()
     bodies = [p for p, ops in raw["paths"].items() if "requestBody" in ops.get("post", {})]
-    assert {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", *LLAMA_STACK_ROUTES} <= set(bodies)
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize",
+            *LLAMA_STACK_ROUTES} <= set(bodies)  # fmt: skip
     return schemathesis.openapi.from_dict(raw)
 
 
