@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nim_runtime.errors import ApiError
 from nim_runtime.routes.llamastack import _stream_events
@@ -72,6 +74,7 @@ def test_greedy_wins_over_a_temperature_sent_beside_it() -> None:
         ({"logprobs": {"top_k": "many"}}, "logprobs.top_k"),
         ({"response_format": "json"}, "response_format"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": ["ok", {"audio": 1}]}]}, "messages.0.content.1"),
         ({"messages": [{"role": "user", "content": [{"image": 5}]}]}, "messages.0.content.0.image"),
         ({"messages": [{"role": "ipython", "content": "42"}]}, "messages.0.call_id"),
@@ -167,3 +170,34 @@ def test_streamed_tool_calls_are_gathered_into_one_event() -> None:
                   "parse_status": "success"},
     }  # fmt: skip
     assert events[-1]["stop_reason"] == "end_of_message"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+FIELDS = ["model", "model_id", "messages", "sampling_params", "stream", "tools", "tool_choice", "tool_config",
+          "logprobs", "response_format"]  # fmt: skip
+MESSAGE_KEYS = ["role", "content", "context", "call_id", "tool_calls"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    top=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6),
+    message=st.dictionaries(st.sampled_from(MESSAGE_KEYS), JSON, max_size=5),
+    sampling=st.dictionaries(st.sampled_from(["strategy", "max_tokens", "temperature", "top_p", "top_k"]), JSON),
+)
+def test_any_json_is_translated_or_refused_with_a_field(
+    top: dict[str, Any], message: dict[str, Any], sampling: dict[str, Any]
+) -> None:
+    """Whatever the shapes, the translation answers or raises ApiError with a param: never another error."""
+    body = {"model": "m", "messages": [message], "sampling_params": sampling, **top}
+    refused: ApiError | None = None
+    try:
+        to_openai_request(body)
+    except ApiError as exc:
+        refused = exc
+    if refused is not None:
+        assert refused.status == 400
+        assert refused.param

@@ -93,9 +93,10 @@ def to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
 def to_openai_message(message: Any, param: str) -> dict[str, Any]:
     """One Llama Stack message (user, system, assistant with tool calls, or a tool's answer)."""
     message = _object(message, param)
-    role = ROLES.get(message.get("role", "user"))
+    given = message.get("role", "user")
+    role = ROLES.get(given) if isinstance(given, str) else None
     if role is None:
-        raise _bad(f"{param}.role", f"must be one of {', '.join(ROLES)}, not {message.get('role')!r}")
+        raise _bad(f"{param}.role", f"must be one of {', '.join(ROLES)}, not {given!r}")
     if "content" not in message:
         raise _bad(f"{param}.content", "is required")
     content = to_openai_content(message["content"], f"{param}.content")
