@@ -85,30 +85,40 @@ prune_stale_ids() {
 }
 
 # A build and its import need room for about twice the image (BuildKit's layers, the node's content
-# and snapshots): say so plainly instead of failing halfway with ENOSPC from inside containerd.
-NEED_FREE_GB=20
+# and snapshots): say so plainly instead of failing halfway with ENOSPC from inside containerd. The
+# runtime image is 7 GB; the others are small.
 require_free_space() {
-    local free_gb
+    local name=$1 need_gb=4 free_gb
+    [[ $name == localhost/nim-runtime:* ]] && need_gb=20
     free_gb=$(($(df --output=avail -k "$CACHE_ROOT" | tail -n 1) / 1024 / 1024))
-    if ((free_gb < NEED_FREE_GB)); then
-        echo "only ${free_gb} GB free on the disk of $CACHE_ROOT; building the images needs ${NEED_FREE_GB} GB." >&2
+    if ((free_gb < need_gb)); then
+        echo "only ${free_gb} GB free on the disk of $CACHE_ROOT; building $name needs ${need_gb} GB." >&2
         echo "What the cluster caches hold (after make cluster-down, removing $CACHE_ROOT/node-images and $CACHE_ROOT/buildkit starts the images over):" >&2
         du -sh "$CACHE_ROOT"/* 2>/dev/null >&2 || true
         exit 1
     fi
 }
 
-# build NAME DOCKERFILE NODES PATHS...: build unless each of NODES (comma-separated indexes) has
-# this content already. The OCI archive streams from buildctl into the node's containerd: a 7 GB
-# image never lands on the disk a third time (BuildKit's cache and the node's store hold it already).
+# build NAME DOCKERFILE NODES PATHS...: build from the repository, keyed by PATHS (see build_image).
 build() {
     local name=$1 dockerfile=$2 nodes=$3
     shift 3
-    local layout digest key i missing=()
+    build_image "$name" "$REPO" "$REPO/$dockerfile" "$nodes" "$(content_key "$dockerfile" "$(base_digest)" "$@")"
+}
+
+base_digest() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' \
+        "$(base_layout)/index.json"
+}
+
+# build_image NAME CONTEXT DOCKERFILE NODES KEY: build unless each of NODES (comma-separated indexes)
+# has this key already. The OCI archive streams from buildctl into the node's containerd: a 7 GB
+# image never lands on the disk a third time (BuildKit's cache and the node's store hold it already).
+build_image() {
+    local name=$1 context=$2 dockerfile=$3 nodes=$4 key=$5
+    local layout digest i missing=()
     layout=$(base_layout)
-    digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' \
-        "$layout/index.json")
-    key=$(content_key "$dockerfile" "$digest" "$@")
+    digest=$(base_digest)
     for i in ${nodes//,/ }; do
         if [[ $(cat "$IMAGES_CACHE/real-$i/${name//[\/:]/_}.key" 2>/dev/null) != "$key" ]] ||
             ! ctr --address "$(sock "$i")" -n k8s.io images ls -q 2>/dev/null | grep -qxF "$name"; then
@@ -119,7 +129,7 @@ build() {
         echo "$name: up to date ($key)"
         return
     fi
-    require_free_space
+    require_free_space "$name"
     start_buildkitd
     local secret=() log=$LOGS/build-${name//[\/:]/_}.log t0
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] && secret=(--secret "id=cacert,src=/etc/ssl/certs/ca-certificates.crt")
@@ -128,8 +138,8 @@ build() {
         # Once per node: the second build is all cache hits and only exports.
         if ! "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" build \
             --frontend dockerfile.v0 \
-            --local context="$REPO" \
-            --local dockerfile="$REPO/$(dirname "$dockerfile")" \
+            --local context="$context" \
+            --local dockerfile="$(dirname "$dockerfile")" \
             --opt filename="$(basename "$dockerfile")" \
             --opt build-arg:BASE_IMAGE="$BASE_IMAGE" \
             --opt build-arg:VARIANT=cpu \
@@ -151,6 +161,31 @@ build() {
     "$BIN/buildctl" --addr "unix://$BUILDKIT_SOCK" prune --keep-storage "$BUILDKIT_KEEP_MB" >/dev/null
 }
 
+# The e2e tests' model hub (olah, tests/cluster/hub): its context is the Dockerfile, its config and
+# the embedded SmolLM2 as `make models` converted it, keyed by all three.
+build_hub() {
+    local nodes=$1 model context key
+    model=$("$REPO/.venv/bin/python" -c 'import sys
+from nim_runtime.config import RuntimeConfig
+from nim_runtime.sources import smollm2_folder
+import os
+print(smollm2_folder(RuntimeConfig.from_env(os.environ).cache_path))')
+    if [[ ! -f $model/config.json ]]; then
+        echo "the converted SmolLM2 is missing at $model: run make models" >&2
+        exit 1
+    fi
+    context=$STATE/hub-context
+    rm -rf "$context"
+    mkdir -p "$context"
+    cp "$CLUSTER_DIR/hub/Dockerfile" "$CLUSTER_DIR/hub/olah.toml" "$context/"
+    cp -r "$model" "$context/model"
+    key=$({
+        base_digest
+        (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+    } | sha256sum | cut -c1-16)
+    build_image localhost/nim-hub:dev "$context" "$context/Dockerfile" "$nodes" "$key"
+}
+
 # The operator may run on any real node; the runtime image (about 7 GB unpacked, twice that on disk
 # per node) goes only where e2e NIMServices are pinned (RUNTIME_NODES in lib.sh).
 all_nodes=$(seq -s, 0 $((REAL_NODE_COUNT - 1)))
@@ -159,3 +194,4 @@ for i in ${all_nodes//,/ }; do
 done
 build localhost/nim-operator:dev operator/Dockerfile "$all_nodes" pyproject.toml uv.lock README.md operator runtime
 build localhost/nim-runtime:dev runtime/Dockerfile "$RUNTIME_NODES" pyproject.toml uv.lock README.md operator runtime
+build_hub "$HUB_NODES"

@@ -76,5 +76,7 @@ node_images_dir() {
 # worker dies at start), ca-certificates for TLS.
 # Real nodes that hold the runtime image (comma-separated indexes): e2e NIMServices pin to real-0.
 RUNTIME_NODES="${NIM_RUNTIME_NODES:-0}"
+# The e2e model hub (olah) runs on the last real node, so its downloads cross the node network.
+HUB_NODES="${NIM_HUB_NODES:-$((REAL_NODE_COUNT - 1))}"
 BASE_IMAGE=localhost/nim-base:bookworm
 BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,libnuma1,tini
