@@ -57,7 +57,12 @@ PORT=18000
 "${KUBECTL[@]}" -n demo port-forward svc/smollm2-cpu "$PORT:8000" >"$LOGS/port-forward.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 30); do curl -sf "http://127.0.0.1:$PORT/v1/health/ready" >/dev/null && break; sleep 1; done
-curl -sf "http://127.0.0.1:$PORT/v1/metadata" | .venv/bin/python -m json.tool | head -20
+# The metadata's headline (the whole document is long; cutting a pipe short would fail under pipefail).
+curl -sf "http://127.0.0.1:$PORT/v1/metadata" | .venv/bin/python -c '
+import json, sys
+meta = json.load(sys.stdin)
+print(json.dumps({"version": meta["version"], "phase": meta.get("phase"), "model": meta["modelInfo"][0]["name"],
+                  "profile": meta["profile"]["id"], "tags": meta["profile"]["tags"]}, indent=2))'
 curl -sf "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' -d '{
   "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
   "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
