@@ -101,3 +101,4 @@ bench-operator: env cluster-bin
 
 bench-runtime: env models
 	$(PY) bench/runtime_overhead.py
+	$(PY) bench/standard_client.py
