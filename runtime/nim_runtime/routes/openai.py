@@ -52,9 +52,21 @@ async def detokenize(request: Request) -> Response:
     return await require_engine(request).detokenize(body, request)
 
 
+def _check_response_input(items: Any) -> None:
+    """vLLM's Responses layer indexes into a message's content list: an empty one answered a 500."""
+    if not isinstance(items, list):
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("content") == []:
+            raise ApiError(
+                400, f"input.{i}.content is empty: give a string or at least one part", param=f"input.{i}.content"
+            )
+
+
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
     body = await read_json_object(request)
+    _check_response_input(body.get("input"))
     return await require_engine(request).serve("/v1/responses", body, request)
 
 
