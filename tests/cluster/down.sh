@@ -8,6 +8,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$CLUSTER_DIR/real-nodes.sh"
 
 PIDS=$STATE/pids
+# What up.sh made, not what the caller's environment says now.
+if [[ -f $STATE/real-nodes ]]; then
+    REAL_NODE_COUNT=$(cat "$STATE/real-nodes")
+fi
 
 # ours PID: true if PID still runs one of our binaries; guards against a
 # recycled pid belonging to something else.
@@ -35,7 +39,11 @@ stop_pid() {
 stop_pid buildkitd
 stop_pid local-path-provisioner
 stop_pid coredns
-nodes_down
+# A cluster without real nodes made no host network, mounts or sysctl changes: a full cluster running
+# beside it keeps its own.
+if ((REAL_NODE_COUNT > 0)); then
+    nodes_down
+fi
 for c in kwok scheduler controller-manager apiserver etcd; do stop_pid "$c"; done
 
 rm -rf "$STATE"

@@ -52,6 +52,9 @@ APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"
 
 # Real nodes (real-nodes.sh): network, images every node needs before any pull, and the DNS address
 # the kubelets hand to pods (the kube-dns Service, in front of CoreDNS on the host's bridge address).
+# NIM_REAL_NODES=0 starts the control plane and kwok's pools only: no host network, no DNS or storage
+# add-ons, nothing that a full cluster holds, so such a cluster can run beside one (with its own
+# NIM_CLUSTER_STATE and NIM_CLUSTER_*_PORT). up.sh records the count, so down.sh tears down what was made.
 REAL_NODE_COUNT="${NIM_REAL_NODES:-2}"
 REAL_BRIDGE=nimbr0
 REAL_HOST_IP=10.251.0.1

@@ -18,7 +18,9 @@ COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
 done
-COMPONENTS+=(coredns local-path-provisioner)
+if ((REAL_NODE_COUNT > 0)); then
+    COMPONENTS+=(coredns local-path-provisioner)
+fi
 NODE_IMAGES_DIR=$(node_images_dir)
 
 readyz() {
@@ -161,8 +163,14 @@ wait_for() {
     done
 }
 
-# Before the apiserver: it advertises itself on the real nodes' bridge.
-network_up
+# Before the apiserver: it advertises itself on the real nodes' bridge. Without real nodes it advertises
+# the host's default address, and nothing of the host's network changes.
+ADVERTISE=()
+if ((REAL_NODE_COUNT > 0)); then
+    network_up
+    ADVERTISE=(--advertise-address="$REAL_HOST_IP")
+fi
+echo "$REAL_NODE_COUNT" >"$STATE/real-nodes"
 
 # No fsync: the data is throwaway and fsync dominates etcd latency on CI disks.
 start etcd "$CP" etcd \
@@ -180,7 +188,7 @@ start etcd "$CP" etcd \
 start apiserver "$CP" apiserver \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=0.0.0.0 \
-    --advertise-address="$REAL_HOST_IP" \
+    "${ADVERTISE[@]}" \
     --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
@@ -236,17 +244,17 @@ start kwok "$BIN/kwok" \
 cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
 k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
 wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
-nodes_up
+((REAL_NODE_COUNT == 0)) || nodes_up
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     wait_for "node real-$n to register" 60 k get node "real-$n"
 done
 wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
 wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
-# The node lifecycle controller removes its not-ready taints a moment after
-# Ready; until then the scheduler would back off pods for up to 10 s.
-# Cluster DNS: CoreDNS on the host's bridge address, answering from the API (its kubernetes plugin)
-# and forwarding other names to the host's resolver, behind the kube-dns Service (addons.yaml).
-cat >"$STATE/Corefile" <<EOF
+# Cluster add-ons the real nodes' pods use (a cluster without real nodes runs neither).
+addons_up() {
+    # Cluster DNS: CoreDNS on the host's bridge address, answering from the API (its kubernetes plugin)
+    # and forwarding other names to the host's resolver, behind the kube-dns Service (addons.yaml).
+    cat >"$STATE/Corefile" <<EOF
 .:53 {
     bind $REAL_HOST_IP
     errors
@@ -261,30 +269,34 @@ cat >"$STATE/Corefile" <<EOF
     cache 5
 }
 EOF
-start coredns "$ADDONS/coredns" -conf "$STATE/Corefile"
-# The default StorageClass: a directory per volume under each real node's own path.
-LOCAL_PATH=$STATE/local-path
-mkdir -p "$LOCAL_PATH"
-{
-    printf '{"nodePathMap": ['
-    for ((n = 0; n < REAL_NODE_COUNT; n++)); do
-        printf '{"node": "real-%d", "paths": ["%s/real-%d"]}, ' "$n" "$LOCAL_PATH" "$n"
-    done
-    printf '{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["%s/other"]}]}\n' "$LOCAL_PATH"
-} >"$LOCAL_PATH/config.json"
-wait_for "add-on objects" 30 k apply -f "$CLUSTER_DIR/addons.yaml"
-start local-path-provisioner "$ADDONS/local-path-provisioner" start \
-    --kubeconfig="$PKI/admin.kubeconfig" \
-    --namespace=local-path-storage \
-    --config="$LOCAL_PATH/config.json" \
-    --configmap-name=local-path-config \
-    --service-account-name=local-path-helper \
-    --helper-image="$BASE_IMAGE" \
-    --provisioner-name=rancher.io/local-path \
-    --health-port="$LOCAL_PATH_HEALTH_PORT"
-wait_for "CoreDNS ready" 30 curl -sf --max-time 2 "http://127.0.0.1:$COREDNS_READY_PORT/ready"
-wait_for "local-path-provisioner healthy" 30 curl -sf --max-time 2 "http://127.0.0.1:$LOCAL_PATH_HEALTH_PORT/ready"
+    start coredns "$ADDONS/coredns" -conf "$STATE/Corefile"
+    # The default StorageClass: a directory per volume under each real node's own path.
+    LOCAL_PATH=$STATE/local-path
+    mkdir -p "$LOCAL_PATH"
+    {
+        printf '{"nodePathMap": ['
+        for ((n = 0; n < REAL_NODE_COUNT; n++)); do
+            printf '{"node": "real-%d", "paths": ["%s/real-%d"]}, ' "$n" "$LOCAL_PATH" "$n"
+        done
+        printf '{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["%s/other"]}]}\n' "$LOCAL_PATH"
+    } >"$LOCAL_PATH/config.json"
+    wait_for "add-on objects" 30 k apply -f "$CLUSTER_DIR/addons.yaml"
+    start local-path-provisioner "$ADDONS/local-path-provisioner" start \
+        --kubeconfig="$PKI/admin.kubeconfig" \
+        --namespace=local-path-storage \
+        --config="$LOCAL_PATH/config.json" \
+        --configmap-name=local-path-config \
+        --service-account-name=local-path-helper \
+        --helper-image="$BASE_IMAGE" \
+        --provisioner-name=rancher.io/local-path \
+        --health-port="$LOCAL_PATH_HEALTH_PORT"
+    wait_for "CoreDNS ready" 30 curl -sf --max-time 2 "http://127.0.0.1:$COREDNS_READY_PORT/ready"
+    wait_for "local-path-provisioner healthy" 30 curl -sf --max-time 2 "http://127.0.0.1:$LOCAL_PATH_HEALTH_PORT/ready"
+}
+((REAL_NODE_COUNT == 0)) || addons_up
 
+# The node lifecycle controller removes its not-ready taints a moment after
+# Ready; until then the scheduler would back off pods for up to 10 s.
 no_condition_taints() {
     local keys
     keys=$(k get nodes -o jsonpath='{.items[*].spec.taints[*].key}') || return 1
