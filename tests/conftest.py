@@ -7,7 +7,9 @@ and the session only pays for a /readyz check.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -30,6 +32,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def go_module_file(module: str, version: str, path: str) -> Path:
+    """A file shipped in a Go module (a project's own CRD, say), from the module proxy into Go's module
+    cache: what the project publishes, not a copy of ours. Cached after the first download."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"  # not always on PATH outside login shells
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@{version}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"go mod download {module}@{version} failed:\n{proc.stdout}\n{proc.stderr}")
+    found = Path(json.loads(proc.stdout)["Dir"]) / path
+    if not found.is_file():
+        pytest.fail(f"{module}@{version} has no {path}")
+    return found
 
 
 @dataclass(frozen=True)

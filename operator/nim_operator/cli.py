@@ -47,13 +47,13 @@ def _plan(args: argparse.Namespace) -> int:
 
     from nim_operator.api.spec import NIMServiceSpec
     from nim_operator.kube import Kube, api_client
-    from nim_operator.placement import decide, manifest_for, node_facts
+    from nim_operator.placement import decide, manifest_for, node_facts, node_schedulable
     from nim_runtime.profiles import ProfileError
 
     with open(args.file) if args.file != "-" else sys.stdin as stream:
         docs = [d for d in yaml.safe_load_all(stream) if d]
     kube = Kube(api_client(args.kubeconfig))
-    nodes = [f for n in kube.list_nodes() if (f := node_facts(n)) is not None]
+    nodes = [node_facts(n) for n in kube.list_nodes() if node_schedulable(n)]
     worst = 0
     for doc in docs:
         name = doc.get("metadata", {}).get("name", "?")

@@ -24,6 +24,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "nim-operator"
+#: On every child: the hash of the desired body applied, so a restart knows what it applied without re-applying.
+HASH_ANNOTATION = "nimoperator.dev/desired-hash"
 #: On a NIMCache's claim, Job and pods: which NIMCache they belong to.
 LABEL_NIMCACHE = "nimoperator.dev/nimcache"
 #: On a NIMCache's Job: the hash of its (immutable) spec, so a changed source replaces the Job.
@@ -61,6 +63,9 @@ ENV_RUNTIME_PULL_SECRETS = "NIM_OPERATOR_RUNTIME_PULL_SECRETS"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/nim-operator/nim-runtime:0.1.0"
 
 DEFAULT_REPLICAS = 1
+#: Requests of a GPU pod per GPU when the spec gives none (a 1-GPU A10G node has 4 vCPUs and 16 GiB).
+CPU_PER_GPU = 2
+MEMORY_GIB_PER_GPU = 8
 DEFAULT_USER_ID = 1000
 DEFAULT_GROUP_ID = 2000
 

@@ -6,22 +6,53 @@ each carries a hash of its desired body so an unchanged child costs no request a
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import logging
+import socket
 import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 
 from nim_operator import constants as c
 from nim_operator import metrics
+from nim_operator.applied import AppliedState, key_of
 
-HASH_ANNOTATION = "nimoperator.dev/desired-hash"
-ABSENT = ("absent", 0)
+log = logging.getLogger(__name__)
+
+HASH_ANNOTATION = c.HASH_ANNOTATION
+#: Seconds to connect and to wait for an answer; a hung API server must not hold a worker forever.
+REQUEST_TIMEOUT = (5.0, 30.0)
+#: How long a kind found not served is taken as still absent before one request asks again.
+UNSERVED_RECHECK_SECONDS = 30.0
 
 
 class ChildRejected(Exception):
-    """The API server refused a child as invalid (or does not know its kind): the spec must change."""
+    """The API server refused a child as invalid: the spec must change."""
+
+
+class KindNotServed(ChildRejected):
+    """The cluster does not serve the child's kind (its CRDs are not installed): the cluster must change."""
+
+    def __init__(self, api_version: str, kind: str) -> None:
+        super().__init__(f"the cluster does not serve {kind} ({api_version})")
+        self.api_version = api_version
+        self.kind = kind
+
+
+def _kind_unknown(err: client.ApiException) -> bool:
+    """Whether a 404 says the resource type is not served (not that the object or namespace is missing)."""
+    try:
+        details = json.loads(err.body or "{}").get("details") or {}
+    except (TypeError, ValueError, AttributeError):
+        return True  # an unknown API group is answered with a plain "404 page not found"
+    # A missing object or namespace names it in details; an unknown type has no name to report.
+    return not details.get("name")
 
 
 def _message(err: client.ApiException) -> str:
@@ -74,11 +105,13 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 class Kube:
     """Server-side apply and friends over plain REST paths; thread-safe for kopf's handler threads."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         # Deliberately no generated API classes: instantiating CoreV1Api alone costs ~80 MB of validators.
         self.api = api
-        # Child -> (hash of the desired body we applied, metadata.generation the server gave it back).
-        self._applied: dict[tuple[str, str, str, str], tuple[str, int]] = {}
+        self.timeout = timeout
+        self.applied = AppliedState()
+        # (apiVersion, kind) found not served -> monotonic time until which that is assumed without asking.
+        self._unserved: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def request(
@@ -111,7 +144,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*serialized)
+        response = self.api.call_api(*serialized, _request_timeout=self.timeout)
         data = response.read()
         if not 200 <= response.status < 300:
             raise client.ApiException(http_resp=response)
@@ -119,27 +152,40 @@ class Kube:
         return response.status, result
 
     def knows(self, body: dict[str, Any]) -> bool:
-        """Whether this child was applied (or seen) before, i.e. probably exists."""
-        meta = body["metadata"]
-        with self._lock:
-            known = self._applied.get((body["apiVersion"], body["kind"], meta["namespace"], meta["name"]))
-        return known is not None and known != ABSENT
+        """Whether this child exists, as far as applies and watches told (unknown counts as no)."""
+        return bool(self.applied.exists(key_of(body)))
 
     def needs_apply(self, body: dict[str, Any]) -> bool:
         """Whether this desired body differs from the last one applied (or seen applied)."""
-        meta = body["metadata"]
-        key = (body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+        return self.applied.needs_apply(key_of(body), desired_hash(body))
+
+    def served(self, api_version: str, kind: str) -> bool:
+        """False while a recent apply found the kind not served (rechecked after a while, by one request)."""
         with self._lock:
-            return self._applied.get(key, ("", 0))[0] != desired_hash(body)
+            until = self._unserved.get((api_version, kind))
+            if until is not None and until <= time.monotonic():
+                del self._unserved[(api_version, kind)]
+                return True
+            return until is None
+
+    def now_served(self, group: str, kind: str) -> bool:
+        """A CRD of ``group``/``kind`` became established: forget that it was missing. True if it was."""
+        with self._lock:
+            found = [key for key in self._unserved if key[1] == kind and key[0].rpartition("/")[0] == group]
+            for key in found:
+                del self._unserved[key]
+        return bool(found)
 
     def apply(self, body: dict[str, Any], *, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
         """Server-side apply with our field manager; returns the live (or would-be) object and whether
         this call created it.
 
-        Raises :class:`ChildRejected` when the server finds the object invalid or its kind unknown.
+        Raises :class:`KindNotServed` when the cluster does not serve the kind (without asking again for a
+        while once known), :class:`ChildRejected` when the server finds the object invalid.
         """
         meta = body["metadata"]
-        key = (body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+        if not self.served(body["apiVersion"], body["kind"]):
+            raise KindNotServed(body["apiVersion"], body["kind"])
         digest = desired_hash(body)
         stamped = {
             **body,
@@ -153,17 +199,15 @@ class Kube:
                 "PATCH", path, body=stamped, query=query, content_type="application/apply-patch+yaml"
             )
         except client.ApiException as err:
-            if err.status == 404:
-                raise ChildRejected(
-                    f"the cluster does not serve {body['kind']} ({body['apiVersion']}): install its CRDs or turn "
-                    "the feature off"
-                ) from err
+            if err.status == 404 and _kind_unknown(err):
+                with self._lock:
+                    self._unserved[(body["apiVersion"], body["kind"])] = time.monotonic() + UNSERVED_RECHECK_SECONDS
+                raise KindNotServed(body["apiVersion"], body["kind"]) from err
             if err.status in (400, 422):
                 raise ChildRejected(f"{body['kind']} {meta['name']} was rejected: {_message(err)}") from err
             raise
         if not dry_run:
-            with self._lock:
-                self._applied[key] = (digest, int(result["metadata"].get("generation") or 0))
+            self.applied.record(key_of(body), digest, result)
         return result, status == 201
 
     def hand_over(self, api_version: str, kind: str, namespace: str, name: str, fields: dict[str, Any]) -> None:
@@ -193,30 +237,20 @@ class Kube:
         except client.ApiException as err:
             if err.status != 404:
                 raise
-        self.forget(api_version, kind, namespace, name)
+        self.applied.gone((api_version, kind, namespace, name))
 
     def forget(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        """Drop the memory of an applied child (it was changed or deleted by someone else)."""
-        with self._lock:
-            self._applied.pop((api_version, kind, namespace, name), None)
+        """Know nothing of this child any more: the next reconcile applies (or asks) again."""
+        self.applied.forget((api_version, kind, namespace, name))
 
-    def observe(self, obj: dict[str, Any]) -> None:
-        """Learn from a watch event of a child.
+    def observe(self, obj: dict[str, Any]) -> bool:
+        """Learn a child from a watch event; True when someone else changed it (or it appeared), so that its
+        owner must reconcile. See :mod:`nim_operator.applied`."""
+        return self.applied.observe(obj)
 
-        After a restart the hash annotation tells what was applied, so nothing is re-applied. A
-        generation other than the one our apply produced means someone else changed the spec: forget
-        it, and the next reconcile applies it again (restoring the fields we own).
-        """
-        meta = obj.get("metadata", {})
-        key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-        generation = int(meta.get("generation") or 0)
-        digest = (meta.get("annotations") or {}).get(HASH_ANNOTATION)
-        with self._lock:
-            known = self._applied.get(key)
-            if known is None and digest:
-                self._applied[key] = (digest, generation)
-            elif known is not None and known[1] != generation:
-                del self._applied[key]
+    def gone(self, obj: dict[str, Any]) -> None:
+        """A child's deletion, from its watch."""
+        self.applied.gone(key_of(obj))
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         metrics.API_READS.labels(kind).inc()
@@ -231,45 +265,51 @@ class Kube:
             raise
 
     def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
-        """Delete a child only if this NIMService controls it: never a user's object of the same name."""
+        """Delete a child only if this NIMService controls it: never a user's object of the same name.
+
+        Known absence costs nothing: after the start-up listing of a kind, a child neither applied nor seen
+        does not exist, so a service that never used a feature pays no GET per reconcile for it.
+        """
         key = (api_version, kind, namespace, name)
-        with self._lock:
-            if self._applied.get(key) == ABSENT:
-                return False
+        if self.applied.exists(key) is False or not self.served(api_version, kind):
+            return False
         live = self.get(api_version, kind, namespace, name)
-        deleted = False
-        if live is not None:
-            refs = live.get("metadata", {}).get("ownerReferences") or []
-            if any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
-                metrics.API_WRITES.labels(kind, "delete").inc()
-                self.request("DELETE", resource_path(api_version, kind, namespace, name))
-                deleted = True
-        with self._lock:
-            self._applied[key] = ABSENT
-        return deleted
+        if live is None:
+            self.applied.mark_absent(key, owner_uid)
+            return False
+        refs = live.get("metadata", {}).get("ownerReferences") or []
+        if not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+            self.applied.mark_absent(key, owner_uid)  # not ours to delete, and not to ask about again
+            return False
+        metrics.API_WRITES.labels(kind, "delete").inc()
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name))
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+        self.applied.gone(key)
+        return True
 
     def warm(self, kinds: list[tuple[str, str]], namespaces: list[str] | None) -> int:
         """Learn what was applied before a restart: one LIST per kind (and namespace) of our children.
 
-        Without it, the first reconcile after a restart would re-apply every child of every service.
-        Kinds the cluster does not serve, or that we may not list, are skipped: they are applied once.
+        Without it, the first reconcile after a restart would re-apply every child of every service. A kind
+        listed in full is from then on known completely (its watch keeps it current), so absence needs no
+        GET. Kinds the cluster does not serve, or that we may not list, are left to GETs.
         """
         selector = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
         learned = 0
         for api_version, kind in kinds:
             scopes: list[str | None] = list(namespaces) if namespaces else [None]
-            for namespace in scopes:
-                metrics.API_READS.labels(kind).inc()
-                path = resource_path(api_version, kind, namespace)
-                try:
-                    items = self.request("GET", path, query=[("labelSelector", selector)])["items"]
-                except client.ApiException:
-                    continue  # not served, or not ours to list: those children are applied once
-                for item in items:
-                    item.setdefault("apiVersion", api_version)
-                    item.setdefault("kind", kind)
-                    self.observe(item)
-                    learned += 1
+            items: list[dict[str, Any]] = []
+            try:
+                for namespace in scopes:
+                    metrics.API_READS.labels(kind).inc()
+                    path = resource_path(api_version, kind, namespace)
+                    items += self.request("GET", path, query=[("labelSelector", selector)])["items"]
+            except client.ApiException:
+                continue  # not served, or not ours to list: those children are asked for by GET
+            learned += self.applied.listed(api_version, kind, items)
         return learned
 
     def list_nodes(self) -> list[dict[str, Any]]:
@@ -289,6 +329,44 @@ class Kube:
         """One of our own resources (a NIMCache a NIMService mounts), or None."""
         metrics.API_READS.labels(c.CACHE_KIND).inc()
         return self._get_or_none(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{plural}/{name}")
+
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``obj`` (what `kubectl describe` shows), from the operator.
+
+        Posted by us rather than kopf: reconciles run on our own worker threads, outside the handler
+        context kopf's event queue lives in. Events are advice: a refused one is logged, never retried.
+        """
+        meta = obj.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        namespace = meta.get("namespace") or "default"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": c.FIELD_MANAGER},
+            "reportingComponent": c.FIELD_MANAGER,
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "eventTime": now,
+            "action": reason,
+            "count": 1,
+        }
+        metrics.API_WRITES.labels("Event", "create").inc()
+        try:
+            self.request("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+        except (client.ApiException, OSError, urllib3.exceptions.HTTPError) as err:
+            log.warning("could not post the %s event %s on %s/%s: %s", type_, reason, namespace, meta.get("name"), err)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any], *, plural: str = c.PLURAL) -> None:
         metrics.API_WRITES.labels(c.KIND if plural == c.PLURAL else c.CACHE_KIND, "status").inc()

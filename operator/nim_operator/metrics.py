@@ -46,7 +46,7 @@ class StateCollector(Collector):
             counts: dict[str, int] = {}
             for state in self._states.values():
                 counts[state] = counts.get(state, 0) + 1
-        for state in ("Pending", "NotReady", "Ready", "Failed"):
+        for state in ("Pending", "NotReady", "Ready", "ScaledToZero", "Failed"):
             family.add_metric([state], counts.get(state, 0))
         yield family
 

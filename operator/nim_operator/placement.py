@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +29,17 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def node_facts(node: Mapping[str, Any]) -> NodeGpuFacts | None:
-    """GPU facts of a Node object; None for nodes that take no new pods (cordoned).
+def node_schedulable(node: Mapping[str, Any]) -> bool:
+    """Whether the node takes new pods. A cordoned node still holds its GPUs: a decision made for its
+    product is kept (maintenance is not removal), but no new decision counts on it."""
+    return not (node.get("spec") or {}).get("unschedulable")
+
+
+def node_facts(node: Mapping[str, Any]) -> NodeGpuFacts:
+    """GPU facts of a Node object, cordoned or not (see :func:`node_schedulable`).
 
     Allocatable ``nvidia.com/gpu`` is what the scheduler counts, so it wins over the GFD count label.
     """
-    if node.get("spec", {}).get("unschedulable"):
-        return None
     labels = node.get("metadata", {}).get("labels") or {}
     allocatable = (node.get("status") or {}).get("allocatable") or {}
     gpus = _int(allocatable.get(c.GPU_RESOURCE))
@@ -82,6 +88,36 @@ class Placement:
     @property
     def gpus(self) -> int:
         return self.profile.gpus if self.profile else 0
+
+
+#: The spec fields a profile decision is made from (and storage.nimCache.profile). While they keep their
+#: values, the decision sticks.
+PLACEMENT_FIELDS = frozenset(
+    {
+        "image",
+        "model",
+        "model_manifest",
+        "profile",
+        "profile_selector",
+        "node_selector",
+        "tolerations",
+        "affinity",
+        "multi_node",
+        "dra_resources",
+    }
+)
+
+
+def placement_inputs(spec: NIMServiceSpec) -> str:
+    """A short hash of what a decision is made from (the image's tag aside: a new version of the same image
+    keeps its profile while the profile stays runnable)."""
+    fields = spec.model_dump(mode="json", include=set(PLACEMENT_FIELDS), exclude_none=True)
+    if isinstance(fields.get("image"), dict):
+        fields["image"] = {"repository": fields["image"].get("repository")}
+    cache = spec.storage.nim_cache if spec.storage else None
+    if cache is not None:
+        fields["nimCacheProfile"] = cache.profile
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def decide(

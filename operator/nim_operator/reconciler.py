@@ -8,21 +8,25 @@ write.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+from kubernetes import client
 from pydantic import ValidationError
 
 from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
-from nim_operator.api.spec import NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
+from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
+from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount
-from nim_operator.kube import ChildRejected, Kube
-from nim_operator.placement import decide, manifest_for, placement_of, profile_status
+from nim_operator.kube import ChildRejected, KindNotServed, Kube
+from nim_operator.placement import decide, manifest_for, placement_inputs, placement_of, profile_status
 from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.status import Failure, compute_status
@@ -31,6 +35,9 @@ from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, P
 log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "manifest.yaml"
+#: Children that may be deleted and created again when an edit by someone else blocks our apply: nothing
+#: of theirs is lost (a Deployment's pods, a claim's data would be).
+RECREATABLE_KINDS = frozenset({"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"})
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
@@ -54,6 +61,49 @@ def _validation_message(err: ValidationError) -> str:
         path = "spec." + ".".join(str(p) for p in e["loc"])
         parts.append(f"{path}: {e['msg']}")
     return "; ".join(parts)
+
+
+def _missing_api(child: Child, err: KindNotServed) -> str:
+    """The Degraded text for an optional child whose API is absent; a required one refuses the spec."""
+    if child.requires is None:
+        raise _Refusal(
+            Failure(
+                "MissingAPI",
+                f"{err}: the {child.kind} this spec asks for cannot be created; install its CRDs (retried "
+                "without a spec edit) or remove the field that asks for it",
+            )
+        )
+    return f"{err}: {child.requires}"
+
+
+def _api_problem(err: BaseException) -> tuple[str, str]:
+    """(reason, message) for a reconcile that raised: what a person reading status can act on."""
+    retrying = "retried with backoff"
+    if isinstance(err, client.ApiException):
+        if err.status == 403:
+            return (
+                "Forbidden",
+                f"the API server refused the operator: {_api_message(err)}; grant it in the operator's RBAC "
+                f"(the chart's rbac.yaml); {retrying}",
+            )
+        if err.status == 409:
+            return "Conflict", f"a write conflicted with another writer: {_api_message(err)}; {retrying}"
+        if err.status == 429:
+            return "Throttled", f"the API server asked the operator to slow down; {retrying}"
+        return "ApiError", f"the API server answered {err.status} {err.reason}: {_api_message(err)}; {retrying}"
+    if isinstance(err, (urllib3.exceptions.HTTPError, OSError)):
+        return (
+            "ApiUnreachable",
+            f"the API server did not answer in time or could not be reached ({type(err).__name__}); {retrying}",
+        )
+    return "InternalError", f"the operator failed ({type(err).__name__}: {err}); {retrying}; please report it"
+
+
+def _api_message(err: client.ApiException) -> str:
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(err.reason)
 
 
 def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
@@ -128,7 +178,10 @@ class Reconciler:
     def __init__(self, kube: Kube, emit: EventSink | None = None) -> None:
         self.kube = kube
         self.emit = emit or (lambda body, kind, reason, message: None)
+        # GPU facts of the schedulable nodes (what new decisions count on) and of the cordoned ones (which
+        # keep a decision made for their product: maintenance is not removal).
         self.nodes: dict[str, NodeGpuFacts] = {}
+        self.cordoned: dict[str, NodeGpuFacts] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         # The status last written per NIMService uid. Events of children can hand us a body older than our
         # own last write; comparing against it would repeat writes and miss a refusal just reported.
@@ -151,12 +204,31 @@ class Reconciler:
             return self._locks.setdefault(key, threading.Lock())
 
     def forget(self, uid: str, *, namespace: str | None = None, name: str | None = None) -> None:
-        """Drop what is remembered of a deleted NIMService (its pods too, when its name is given)."""
+        """Drop everything remembered of a deleted NIMService: a long-running operator must not grow with
+        the services that came and went."""
         self._written.pop(uid, None)
         self._announced.pop(uid, None)
+        self.kube.applied.prune_owner(uid)
         if namespace is not None and name is not None:
             with self._guard:
                 self._pods.pop((namespace, name), None)
+                self._deployments.pop((namespace, name), None)
+                self._mounts.pop((namespace, name), None)
+                self._locks.pop((namespace, name), None)
+
+    def set_node(self, name: str, facts: NodeGpuFacts | None, *, schedulable: bool) -> tuple[NodeGpuFacts | None, bool]:
+        """Record a node's GPU facts (None: deleted); returns what was known before, as (facts, schedulable)."""
+        with self._guard:
+            before = (self.nodes.get(name), True) if name in self.nodes else (self.cordoned.get(name), False)
+            self.nodes.pop(name, None)
+            self.cordoned.pop(name, None)
+            if facts is not None:
+                (self.nodes if schedulable else self.cordoned)[name] = facts
+        return before
+
+    def last_status(self, body: Mapping[str, Any]) -> NIMServiceStatus | None:
+        """The newest status known for this NIMService: ours as written, else the body's."""
+        return self._written.get(str(body["metadata"].get("uid"))) or _previous_status(body)
 
     def deployment_seen(self, deployment: dict[str, Any]) -> None:
         """A Deployment from the watch: status reads it instead of a GET, and the apply cache learns it."""
@@ -242,16 +314,20 @@ class Reconciler:
             decision, pstatus = self._choose(spec, manifest, previous, generation)
             placement = placement_of(spec, manifest, decision)
             mount, waiting = self._cache_mount(owner.namespace, spec)
+            missing: list[str] = []
             if waiting is None:
-                outcome, applied = self._apply_children(owner, render_children(owner, spec, placement, mount))
+                blocked = self._surge_blocked(owner)
+                children = render_children(owner, spec, placement, mount, surge_blocked=blocked)
+                outcome, applied, missing = self._apply_children(owner, children)
             else:
                 # Nothing changes while the cache fills: running pods keep what they mount.
                 outcome, applied = Outcome(status=NIMServiceStatus()), {}
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
-        if deployment is None:
-            deployment = self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+        deployment_key = ("apps/v1", "Deployment", owner.namespace, owner.name)
+        if deployment is None and self.kube.applied.exists(deployment_key) is not False:
+            deployment = self.kube.get(*deployment_key)
         problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
         if waiting is not None:
             problem = PodProblem(waiting.reason, waiting.message)
@@ -266,6 +342,7 @@ class Reconciler:
             deployment=deployment,
             now=_now(),
             pod_problem=problem,
+            missing=missing,
         )
         outcome.status_written = self._write_status(body, owner, previous, outcome.status)
         ready = next(c for c in outcome.status.conditions if c.type == "Ready")
@@ -273,6 +350,20 @@ class Reconciler:
         shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
         self._announce(body, owner, problem if shown else None)
         return outcome
+
+    def _surge_blocked(self, owner: Owner) -> bool:
+        """Whether a rollout is under way and its new pod cannot be scheduled for lack of room (a surge pod
+        waiting for a GPU that the old pod holds): then the default strategy replaces in place."""
+        deployment = self._deployments.get((owner.namespace, owner.name))
+        status = (deployment or {}).get("status") or {}
+        if int(status.get("updatedReplicas") or 0) >= int(status.get("replicas") or 0):
+            return False
+        return any(
+            (problem := pod_health(pod).problem) is not None
+            and problem.reason == "Unschedulable"
+            and "Insufficient" in problem.message
+            for pod in self.pods_of(owner.namespace, owner.name)
+        )
 
     def _cache_mount(self, namespace: str, spec: NIMServiceSpec) -> tuple[CacheMount | None, Failure | None]:
         """The NIMCache the spec mounts, from its watch (or one GET before its first event)."""
@@ -318,7 +409,13 @@ class Reconciler:
         previous: NIMServiceStatus | None,
         generation: int,
     ) -> tuple[ProfileDecision | None, ProfileStatus]:
-        """The profile decision and its status; none when no manifest is known (the runtime chooses)."""
+        """The profile decision and its status; none when no manifest is known (the runtime chooses).
+
+        The earlier decision sticks while the spec fields it was made from are unchanged (a replicas, env
+        or label edit never moves a running service) and a node of its product remains, cordoned or not
+        (maintenance is not removal). Otherwise the best profile for the schedulable nodes is chosen, and
+        the reason says why the service moved.
+        """
         if manifest is None:
             model = spec.model.name if spec.model and spec.model.name else spec.image.repository
             reason = (
@@ -326,59 +423,126 @@ class Reconciler:
                 "spec; the runtime selects its profile"
             )
             return None, profile_status(None, unmanaged_reason=reason)
-        same_spec = previous is not None and previous.observed_generation == generation
-        sticky = previous.profile.id if same_spec and previous and previous.profile else None
+        inputs = placement_inputs(spec)
+        before = previous.profile if previous is not None else None
+        same_inputs = before is not None and (
+            before.inputs == inputs
+            # Written by an operator that did not record inputs: the same generation means the same spec.
+            or (before.inputs is None and previous is not None and previous.observed_generation == generation)
+        )
+        sticky = before.id if before is not None and same_inputs else None
+        schedulable = list(self.nodes.values())
+        decision: ProfileDecision | None = None
         try:
-            decision = decide(spec, manifest, list(self.nodes.values()), previous=sticky)
+            if sticky:
+                kept = decide(spec, manifest, schedulable + list(self.cordoned.values()), previous=sticky)
+                decision = kept if kept.profile.id == sticky else None
+            if decision is None:
+                decision = decide(spec, manifest, schedulable, previous=None)
         except ProfileError as err:
             rejected = [Rejected(id=r.id, why=r.why) for r in err.rejected]
-            failed = ProfileStatus(reason=str(err), rejected=rejected)
+            failed = ProfileStatus(reason=str(err), rejected=rejected, inputs=inputs)
             if spec.profile and manifest.profile(spec.profile) is None:
                 raise _Refusal(Failure("UnknownProfile", f"spec.profile: {err}"), failed) from err
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
-        return decision, profile_status(decision)
+        status = profile_status(decision)
+        status.inputs = inputs
+        if before is not None and before.id and before.id != decision.profile.id:
+            why = (
+                f"no node of {', '.join(before.gpu_products) or 'its kind'} remains"
+                if sticky
+                else "the spec fields it was chosen from changed"
+            )
+            status.reason = f"{status.reason} (moved from {before.id}: {why})"
+        return decision, status
 
-    def _apply_children(self, owner: Owner, children: list[Child]) -> tuple[Outcome, dict[str, dict[str, Any]]]:
-        """Apply what changed and delete what is off, all or nothing.
+    def _apply_children(
+        self, owner: Owner, children: list[Child]
+    ) -> tuple[Outcome, dict[str, dict[str, Any]], list[str]]:
+        """Apply what changed and delete what is off, all or nothing; optional integrations degrade.
 
-        Children that exist are validated by a server-side dry run before anything is written, so an
-        invalid update changes nothing. New children skip the dry run (it would double the writes of
-        every creation): they are applied Deployment first, and if a later one is refused, the ones
-        this pass created are deleted again.
+        When something of this service exists already, every changed child is first validated by a
+        server-side dry run, so a refused one leaves every running object as it was. A service created
+        from nothing skips the dry runs (they would double the writes of every creation): its children are
+        applied Deployment first, and if a later one is refused, the ones this pass created are deleted.
+        An optional child whose API the cluster does not serve is left out and named (the third value).
         """
-        changed = [ch.body for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
-        for body in changed:
-            if body["kind"] == "PersistentVolumeClaim" and not self.kube.knows(body):
-                self._refuse_foreign_claim(owner, body["metadata"]["name"])
-        try:
-            for body in changed:
-                if self.kube.knows(body):
-                    self.kube.apply(body, dry_run=True)
-        except ChildRejected as err:
-            raise _Refusal(Failure("InvalidSpec", str(err))) from err
-        for body in changed:
-            if body["kind"] == "Deployment" and self.kube.knows(body):
-                self._hand_over_replicas(owner, body)
+        changed = [ch for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
+        for child in changed:
+            if child.kind == "PersistentVolumeClaim" and child.body is not None and not self.kube.knows(child.body):
+                self._refuse_foreign_claim(owner, child.name)
+        missing: list[str] = []
+        recreate: set[str] = set()
+        if any(ch.body is not None and self.kube.knows(ch.body) for ch in changed):
+            missing, recreate = self._dry_run(changed)
+        for child in changed:
+            if child.kind == "Deployment" and child.body is not None and self.kube.knows(child.body):
+                self._hand_over_replicas(owner, child.body)
         outcome = Outcome(status=NIMServiceStatus())
         live: dict[str, dict[str, Any]] = {}
         created: list[dict[str, Any]] = []
         try:
-            for body in sorted(changed, key=lambda b: b["kind"] != "Deployment"):
-                obj, was_created = self.kube.apply(body)
-                live[body["kind"]] = obj
-                outcome.applied.append(f"{body['kind']}/{body['metadata']['name']}")
+            for child in sorted(changed, key=lambda ch: ch.kind != "Deployment"):
+                body = child.body or {}
+                if child.kind in recreate:
+                    self._recreate(owner, child)
+                try:
+                    obj, was_created = self.kube.apply(body)
+                except KindNotServed as err:
+                    missing.append(_missing_api(child, err))
+                    continue
+                live[child.kind] = obj
+                outcome.applied.append(f"{child.kind}/{child.name}")
                 if was_created:
                     created.append(body)
-        except ChildRejected as err:
+        except (ChildRejected, _Refusal) as err:
             for body in created:
                 self.kube.delete(body["apiVersion"], body["kind"], owner.namespace, body["metadata"]["name"])
+            if isinstance(err, _Refusal):
+                raise
             raise _Refusal(Failure("InvalidSpec", str(err))) from err
         for child in children:
             if child.body is None and self.kube.delete_owned(
                 child.api_version, child.kind, owner.namespace, child.name, owner.uid
             ):
                 outcome.deleted.append(f"{child.kind}/{child.name}")
-        return outcome, live
+        return outcome, live, missing
+
+    def _dry_run(self, changed: list[Child]) -> tuple[list[str], set[str]]:
+        """Validate every changed child before the first write; drops the optional ones the cluster does
+        not serve from ``changed``. Returns their Degraded texts, and the kinds to re-create.
+
+        A child someone else edited may refuse our apply although our spec is valid: their fields stay
+        (server-side apply keeps what another manager owns), and ours beside them can be invalid (a port
+        renumbered by hand duplicates our port's name). Such a child is re-created from the spec.
+        """
+        missing: list[str] = []
+        recreate: set[str] = set()
+        for child in list(changed):
+            body = child.body or {}
+            try:
+                self.kube.apply(body, dry_run=True)
+            except KindNotServed as err:
+                changed.remove(child)
+                missing.append(_missing_api(child, err))
+            except ChildRejected as err:
+                if child.kind in RECREATABLE_KINDS and self.kube.applied.edited_by_others(key_of(body)):
+                    recreate.add(child.kind)
+                    continue
+                raise _Refusal(Failure("InvalidSpec", str(err))) from err
+        return missing, recreate
+
+    def _recreate(self, owner: Owner, child: Child) -> None:
+        meta = {"metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid}}
+        body = {"apiVersion": c.API_VERSION, "kind": c.KIND, **meta}
+        self.emit(
+            body,
+            "Warning",
+            "Recreated",
+            f"{child.kind} {child.name} was edited by someone else into a shape the spec cannot be applied "
+            "over; it was deleted and created again from the spec",
+        )
+        self.kube.delete(child.api_version, child.kind, owner.namespace, child.name)
 
     def _hand_over_replicas(self, owner: Owner, body: dict[str, Any]) -> None:
         """Before an apply that stops setting ``spec.replicas`` (autoscaling turned on), give the field to
@@ -439,6 +603,36 @@ class Reconciler:
         )
         written = self._write_status(body, owner, previous, status)
         return Outcome(status=status, status_written=written)
+
+    def report_error(self, body: Mapping[str, Any], err: BaseException) -> None:
+        """A reconcile failed on the cluster's side (an API error, a timeout, missing permissions), not the
+        spec's: the Failed condition stays False with a reason saying what went wrong and that it is being
+        retried; the state and everything else stay as they were (the pods may well be serving)."""
+        meta = body["metadata"]
+        previous = self.last_status(body)
+        if previous is None:
+            previous = NIMServiceStatus(observed_generation=int(meta.get("generation") or 0))
+        reason, message = _api_problem(err)
+        conditions = [cond for cond in previous.conditions if cond.type != "Failed"]
+        before = next((cond for cond in previous.conditions if cond.type == "Failed"), None)
+        since = before.last_transition_time if before is not None and before.status == "False" else _now()
+        conditions.insert(
+            1 if conditions else 0,
+            Condition(
+                type="Failed",
+                status="False",
+                reason=reason,
+                message=message,
+                observed_generation=previous.observed_generation,
+                last_transition_time=since,
+            ),
+        )
+        status = previous.model_copy(update={"conditions": conditions})
+        owner = Owner(meta["name"], meta["namespace"], meta["uid"])
+        try:
+            self._write_status(body, owner, previous, status)
+        except Exception as write_err:  # the API is what failed: the retry will say it again
+            log.debug("could not report %s on %s/%s: %s", reason, owner.namespace, owner.name, write_err)
 
     def _write_status(
         self, body: Mapping[str, Any], owner: Owner, previous: NIMServiceStatus | None, status: NIMServiceStatus

@@ -53,6 +53,20 @@ def _ignored_fields(
     return [_condition(previous, IGNORED_CONDITION, True, found[0].reason, message, generation, now)]
 
 
+DEGRADED_CONDITION = "Degraded"
+
+
+def _degraded(previous: list[Condition], missing: list[str], generation: int, now: str) -> list[Condition]:
+    """A Degraded condition (status True) while optional integrations are missing; none otherwise.
+
+    The service itself serves; what is missing (a ServiceMonitor whose CRD is not installed ...) is named
+    with the fix, and installing it heals without a spec edit (the resync retries).
+    """
+    if not missing:
+        return []
+    return [_condition(previous, DEGRADED_CONDITION, True, "IntegrationMissing", "; ".join(missing), generation, now)]
+
+
 def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> tuple[bool, str, str, int, int]:
     """(ready, reason, message, available, current replicas) from the Deployment's status."""
     if deployment is None:
@@ -83,6 +97,7 @@ def compute_status(
     deployment: dict[str, Any] | None,
     now: str,
     pod_problem: PodProblem | None = None,
+    missing: list[str] | None = None,
 ) -> NIMServiceStatus:
     """The whole status for this world; ``pod_problem`` only colours a Ready condition that is False.
 
@@ -129,8 +144,12 @@ def compute_status(
         _condition(before, "Failed", False, "Reconciled", "", generation, now),
         selected,
         *_ignored_fields(before, spec, generation, now),
+        *_degraded(before, missing or [], generation, now),
     ]
-    state = "Ready" if ready else ("Pending" if available == 0 else "NotReady")
+    if reason == "ScaledToZero":
+        state = "ScaledToZero"
+    else:
+        state = "Ready" if ready else ("Pending" if available == 0 else "NotReady")
     port = spec.expose.service.port
     return NIMServiceStatus(
         state=state,

@@ -154,22 +154,46 @@ def _cordon(nim: NIM, product: str, unschedulable: bool) -> list[str]:
     return [n.metadata.name for n in nodes]
 
 
-def test_decision_moves_only_when_its_nodes_go(nim: NIM) -> None:
-    nim.create("mover", LLAMA_8B)
+def _relabel(nim: NIM, nodes: list[str], product: str) -> None:
+    for name in nodes:
+        nim.core.patch_node(name, {"metadata": {"labels": {"nvidia.com/gpu.product": product}}})
+
+
+LLAMA_ON_OURS = {"image": {"repository": "nim-runtime", "tag": "dev"}, "model": {"name": "meta/llama-3.1-8b-instruct"}}
+
+
+def test_decision_sticks_through_cordons_and_edits_and_moves_only_when_its_nodes_go(nim: NIM) -> None:
+    nim.create("mover", LLAMA_ON_OURS)
     assert nim.wait_state("mover", "Ready")["profile"]["id"] == "vllm-fp8-tp1-h100"
+    h100 = _cordon(nim, "NVIDIA-H100-80GB-HBM3", True)
     try:
-        _cordon(nim, "NVIDIA-H100-80GB-HBM3", True)
-        status = wait_for(
-            lambda: (s := nim.status("mover"))["profile"]["id"] == "vllm-fp8-tp1-l40s" and s,
-            what="re-placement on L40S",
-        )
-        assert status["profile"]["gpuProducts"] == ["NVIDIA-L40S"]
-        nim.wait_state("mover", "Ready")
+        time.sleep(3)  # maintenance: every H100 node cordoned, none gone
+        status = nim.status("mover")
+        assert status["profile"]["id"] == "vllm-fp8-tp1-h100", "a cordon is not a removal"
+        assert status["state"] == "Ready"
     finally:
         _cordon(nim, "NVIDIA-H100-80GB-HBM3", False)
+    _relabel(nim, h100, "NVIDIA-RELABELLED-GPU")
+    try:
+        status = wait_for(
+            lambda: (s := nim.status("mover"))["profile"]["id"] == "vllm-fp8-tp1-l40s" and s,
+            what="re-placement on L40S once no H100 node remains",
+        )
+        assert status["profile"]["gpuProducts"] == ["NVIDIA-L40S"]
+        assert "moved from vllm-fp8-tp1-h100" in status["profile"]["reason"]
+        nim.wait_state("mover", "Ready")
+    finally:
+        _relabel(nim, h100, "NVIDIA-H100-80GB-HBM3")
     time.sleep(3)  # H100 nodes are back; the decision must not flap back
     assert nim.status("mover")["profile"]["id"] == "vllm-fp8-tp1-l40s"
-    assert "kept the earlier decision" in nim.status("mover")["profile"]["reason"]
+    # Edits that do not touch placement keep it too, although H100 would rank first for a new service.
+    nim.patch("mover", {"spec": {"replicas": 2, "env": [{"name": "EXTRA", "value": "1"}]}})
+    status = wait_for(lambda: (s := nim.status("mover"))["availableReplicas"] == 2 and s, what="two replicas")
+    assert status["profile"]["id"] == "vllm-fp8-tp1-l40s"
+    assert "kept the earlier decision" in status["profile"]["reason"]
+    # A placement input changing is a new decision.
+    nim.patch("mover", {"spec": {"profileSelector": {"precision": "fp8"}}})
+    wait_for(lambda: nim.status("mover")["profile"]["id"] == "vllm-fp8-tp1-h100", what="a fresh decision")
 
 
 def test_manifest_from_a_config_map(nim: NIM) -> None:

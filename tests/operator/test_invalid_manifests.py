@@ -79,7 +79,6 @@ FAILED_BY_OPERATOR: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad-label", {**OK, "labels": {"not a key!": "x"}}, "InvalidSpec", "not a key!"),
     ("env-without-name", {**OK, "env": [{"value": "x"}]}, "InvalidSpec", "name: Required value"),
     ("missing-manifest-configmap", {**OK, "modelManifest": "nope"}, "InvalidManifest", "ConfigMap"),
-    ("servicemonitor-without-crd", {**OK, "metrics": {"enabled": True}}, "InvalidSpec", "ServiceMonitor"),
     (
         "multinode-not-built",
         {**OK, "multiNode": {"parallelism": {"pipeline": 2, "tensor": 8}}},

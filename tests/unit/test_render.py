@@ -8,8 +8,9 @@ import pytest
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec
-from nim_operator.placement import Placement, decide, node_facts, placement_of
+from nim_operator.placement import Placement, decide, node_facts, node_schedulable, placement_of
 from nim_operator.render import Owner, render_children, render_deployment
+from nim_operator.render.deployment import rollout_strategy
 from nim_runtime.profiles import NodeGpuFacts, find_manifest
 
 OWNER = Owner("llama", "team-a", "uid-1")
@@ -76,10 +77,47 @@ def test_user_gpu_count_and_env_win() -> None:
     deployment = render_deployment(OWNER, spec, _placed(spec))
     resources = _pod(deployment)["containers"][0]["resources"]
     assert resources["limits"] == {"nvidia.com/gpu": "2", "memory": "64Gi"}
-    assert resources["requests"] == {"nvidia.com/gpu": "2"}
+    # The user's memory stays theirs; the CPU request the user left out comes per GPU.
+    assert resources["requests"] == {"nvidia.com/gpu": "2", "cpu": str(2 * c.CPU_PER_GPU)}
     env = _pod(deployment)["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == c.ENV_SERVER_PORT] == ["9000"]
     assert env[-1] == {"name": "EXTRA", "value": "1"}
+
+
+def test_gpu_pods_get_cpu_and_memory_requests_cpu_pods_keep_theirs() -> None:
+    spec = _spec()
+    placed = _placed(spec)
+    requests = _pod(render_deployment(OWNER, spec, placed))["containers"][0]["resources"]["requests"]
+    gpus = placed.gpus
+    assert gpus >= 1
+    assert requests == {
+        c.GPU_RESOURCE: str(gpus),
+        "cpu": str(c.CPU_PER_GPU * gpus),
+        "memory": f"{c.MEMORY_GIB_PER_GPU * gpus}Gi",
+    }
+    own = _spec(resources={"requests": {"cpu": "16", "memory": "100Gi"}})
+    requests = _pod(render_deployment(OWNER, own, _placed(own)))["containers"][0]["resources"]["requests"]
+    assert requests["cpu"] == "16"
+    assert requests["memory"] == "100Gi"
+    cpu_only = render_deployment(OWNER, own, Placement(profile=None))
+    assert _pod(cpu_only)["containers"][0]["resources"] == {"requests": {"cpu": "16", "memory": "100Gi"}}
+
+
+def test_rollout_strategy_surges_one_replica_and_replaces_many_one_by_one() -> None:
+    surge = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    in_place = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert rollout_strategy(_spec()) == surge
+    assert rollout_strategy(_spec(), surge_blocked=True) == in_place, "no room for a surge pod: in place"
+    assert rollout_strategy(_spec(replicas=3)) == in_place
+    scaled = _spec(scale={"enabled": True, "hpa": {"minReplicas": 1, "maxReplicas": 4}})
+    assert rollout_strategy(scaled) == in_place
+    own = _spec(strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}})
+    assert rollout_strategy(own, surge_blocked=True) == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0},
+    }
+    assert rollout_strategy(_spec(strategy={"type": "Recreate"})) == {"type": "Recreate"}
+    assert render_deployment(OWNER, _spec(), _placed(_spec()))["spec"]["strategy"] == surge
 
 
 def test_default_probes_and_overrides() -> None:
@@ -121,8 +159,6 @@ def test_pod_security_and_volumes() -> None:
     env = _env(deployment)
     assert env["NGC_API_KEY"] == {"secretKeyRef": {"name": "ngc", "key": "NGC_API_KEY", "optional": True}}
     assert env[c.ENV_CACHE_PATH] == "/model-store"
-    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
-    assert strategy == {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def test_a_runtime_that_exits_at_start_leaves_its_last_log_lines_as_termination_message() -> None:
@@ -214,11 +250,18 @@ def test_every_child_is_owned_and_labelled() -> None:
             NodeGpuFacts("n", "NVIDIA-L40S", 3, 46068),
         ),
         ({"metadata": {"name": "n", "labels": {c.GPU_COUNT_LABEL: "2"}}, "status": {}}, NodeGpuFacts("n", None, 2)),
-        ({"metadata": {"name": "n"}, "spec": {"unschedulable": True}}, None),
+        ({"metadata": {"name": "n"}, "spec": {"unschedulable": True}}, NodeGpuFacts("n")),
     ],
 )
-def test_node_facts_prefer_allocatable(node: dict[str, Any], expected: NodeGpuFacts | None) -> None:
+def test_node_facts_prefer_allocatable(node: dict[str, Any], expected: NodeGpuFacts) -> None:
     assert node_facts(node) == expected
+
+
+def test_a_cordoned_node_is_not_schedulable_but_keeps_its_facts() -> None:
+    node = {"metadata": {"name": "n", "labels": {c.GPU_PRODUCT_LABEL: "NVIDIA-L40S"}}, "spec": {"unschedulable": True}}
+    assert not node_schedulable(node)
+    assert node_facts(node).product == "NVIDIA-L40S"
+    assert node_schedulable({"metadata": {"name": "n"}})
 
 
 def _shutdown(deployment: dict[str, Any]) -> tuple[int, int, int]:

@@ -90,6 +90,44 @@ class HPA(_Model):
     behavior: dict[str, Any] | None = k8s_object("autoscaling/v2 scaling behavior.")
 
 
+_INT_OR_PERCENT = "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')"
+
+
+class RollingUpdate(_Model):
+    max_surge: int | str | None = Field(
+        default=None,
+        description="Pods above the replica count during a rollout (a number or a percentage).",
+        json_schema_extra={
+            "maxLength": 8,
+            "x-kubernetes-validations": [{"rule": _INT_OR_PERCENT, "message": "a number >= 0 or a percentage"}],
+        },
+    )
+    max_unavailable: int | str | None = Field(
+        default=None,
+        description="Pods below the replica count during a rollout (a number or a percentage).",
+        json_schema_extra={
+            "maxLength": 8,
+            "x-kubernetes-validations": [{"rule": _INT_OR_PERCENT, "message": "a number >= 0 or a percentage"}],
+        },
+    )
+
+
+class Strategy(_Model):
+    """How a change rolls out; the Deployment's own strategy fields."""
+
+    model_config = rules(
+        (
+            "!has(self.type) || self.type != 'Recreate' || !has(self.rollingUpdate)",
+            "spec.strategy.rollingUpdate is only for type RollingUpdate",
+        )
+    )
+
+    type: Literal["RollingUpdate", "Recreate"] = Field(
+        default="RollingUpdate", description="RollingUpdate (default) or Recreate (all pods down, then up)."
+    )
+    rolling_update: RollingUpdate | None = Field(default=None, description="Surge and unavailability bounds.")
+
+
 class Scale(_Model):
     model_config = rules(
         (
@@ -245,6 +283,14 @@ class NIMServiceSpec(_Model):
         "(the FieldsIgnored condition says so).",
     )
     scale: Scale | None = Field(default=None, description="Horizontal autoscaling.")
+    strategy: Strategy | None = Field(
+        default=None,
+        description="The rollout strategy of the Deployment. Default: one replica is replaced with a surge pod "
+        "(maxSurge 1, maxUnavailable 0), so it serves throughout when the cluster has room for a second pod; when "
+        "the surge pod cannot be scheduled, it is replaced in place (status says so). Several replicas, or "
+        "autoscaling, are replaced one at a time without a surge (maxSurge 0, maxUnavailable 1), so a rollout "
+        "needs no spare GPU.",
+    )
     expose: Expose = Field(default_factory=Expose, description="Service, Ingress and router.")
     router: Router | None = Field(
         default=None,
@@ -301,6 +347,11 @@ class ProfileStatus(_Model):
     gpu_count: int = 0
     reason: str = ""
     rejected: list[Rejected] = Field(default_factory=list)
+    inputs: str | None = Field(
+        default=None,
+        description="Hash of the spec fields the decision was made from: while they stay the same, the decision "
+        "sticks (edits of replicas, env, labels, probes or scaling never move a running service).",
+    )
 
 
 class ModelStatus(_Model):
@@ -312,7 +363,11 @@ class ModelStatus(_Model):
 class NIMServiceStatus(_Model):
     """Observed state, written by the operator."""
 
-    state: Literal["Pending", "NotReady", "Ready", "Failed"] = "Pending"
+    state: Literal["Pending", "NotReady", "Ready", "ScaledToZero", "Failed"] = Field(
+        default="Pending",
+        description="Pending (no replica available yet), NotReady (some), Ready, ScaledToZero (replicas is 0, "
+        "nothing to be ready), Failed (the spec cannot be reconciled: the Failed condition says why).",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     available_replicas: int = 0

@@ -18,12 +18,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Child:
-    """One child: its identity, and its desired body or None when it must not exist."""
+    """One child: its identity, and its desired body or None when it must not exist.
+
+    ``requires`` marks an optional integration (its API may be absent from a cluster): what to install,
+    and what to turn off instead. Without its API the service still serves and says what is missing.
+    """
 
     api_version: str
     kind: str
     name: str
     body: dict[str, Any] | None
+    requires: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -174,9 +179,15 @@ def pvc_name(owner: Owner, spec: NIMServiceSpec) -> str:
 
 
 def render_children(
-    owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None
+    owner: Owner,
+    spec: NIMServiceSpec,
+    placement: Placement,
+    cache: CacheMount | None = None,
+    *,
+    surge_blocked: bool = False,
 ) -> list[Child]:
-    """All children in apply order (storage before the pods that mount it)."""
+    """All children in apply order (storage before the pods that mount it); ``surge_blocked`` as for
+    :func:`~nim_operator.render.deployment.rollout_strategy`."""
     rendered: list[tuple[str, str, str, dict[str, Any] | None]] = []
     claim = render_pvc(owner, spec)
     if claim is not None:
@@ -184,12 +195,27 @@ def render_children(
         # (turning storage.pvc.create off, or moving to emptyDir, leaves it for the user to remove).
         rendered.append(("v1", "PersistentVolumeClaim", pvc_name(owner, spec), claim))
     rendered += [
-        ("apps/v1", "Deployment", owner.name, render_deployment(owner, spec, placement, cache)),
+        (
+            "apps/v1",
+            "Deployment",
+            owner.name,
+            render_deployment(owner, spec, placement, cache, surge_blocked=surge_blocked),
+        ),
         ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
         ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
         ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),
-        ("monitoring.coreos.com/v1", "ServiceMonitor", owner.name, render_service_monitor(owner, spec)),
         ("networking.k8s.io/v1", "Ingress", owner.name, render_ingress(owner, spec)),
         ("networking.k8s.io/v1", "NetworkPolicy", owner.name, render_network_policy(owner, spec)),
     ]
-    return [Child(api, kind, name, body) for api, kind, name, body in rendered]
+    children = [Child(api, kind, name, body) for api, kind, name, body in rendered]
+    children.append(
+        Child(
+            "monitoring.coreos.com/v1",
+            "ServiceMonitor",
+            owner.name,
+            render_service_monitor(owner, spec),
+            requires="spec.metrics asks for a ServiceMonitor: install the Prometheus Operator's CRDs "
+            "(monitoring.coreos.com/v1) and it is created within a minute, or set spec.metrics.enabled to false",
+        )
+    )
+    return children

@@ -99,7 +99,13 @@ def _probe(setting: ProbeSpec | None, default: tuple[str, int, int, int, int]) -
 
 
 def _resources(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
-    """The user's resources, with the profile's GPUs where the user named none."""
+    """The user's resources, with the profile's GPUs where the user named none.
+
+    A GPU pod also gets CPU and memory requests where the user gave none: without them it would be
+    BestEffort, the first pod the kubelet evicts under memory pressure, while it holds GPUs and tens of GB
+    of loaded weights. The defaults (per GPU) fit the smallest common GPU nodes; limits stay unset, so
+    loading may use what the node has free.
+    """
     resources = spec.resources.model_dump(exclude_none=True) if spec.resources else {}
     if placement.gpus:
         for section in ("limits", "requests"):
@@ -109,7 +115,26 @@ def _resources(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any]:
         # Extended resources must have requests == limits.
         resources["limits"][c.GPU_RESOURCE] = gpus
         resources["requests"][c.GPU_RESOURCE] = gpus
+        count = int(gpus) if gpus.isdigit() else placement.gpus
+        for name, per_gpu, unit in (("cpu", c.CPU_PER_GPU, ""), ("memory", c.MEMORY_GIB_PER_GPU, "Gi")):
+            if name not in resources["requests"] and name not in resources["limits"]:
+                resources["requests"][name] = f"{per_gpu * count}{unit}"
     return resources
+
+
+def rollout_strategy(spec: NIMServiceSpec, *, surge_blocked: bool = False) -> dict[str, Any]:
+    """The Deployment's strategy: the spec's, else one that keeps serving without needing a spare GPU.
+
+    One replica is replaced with a surge pod, so it serves throughout when there is room for a second pod;
+    ``surge_blocked`` (the surge pod of a rollout cannot be scheduled) replaces it in place instead, rather
+    than leave the rollout stuck forever. Several replicas (or an autoscaler's) are replaced one at a time
+    without a surge: the others serve meanwhile, and no spare GPU is needed.
+    """
+    if spec.strategy is not None:
+        return spec.strategy.model_dump(by_alias=True, exclude_none=True)
+    if surge_blocked or spec.autoscaling or spec.desired_replicas != 1:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
 def requests_gpus(resources: dict[str, Any]) -> bool:
@@ -208,7 +233,12 @@ def _container(
 
 
 def render_deployment(
-    owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = None
+    owner: Owner,
+    spec: NIMServiceSpec,
+    placement: Placement,
+    cache: CacheMount | None = None,
+    *,
+    surge_blocked: bool = False,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(owner, spec, cache)
     container = _container(spec, placement, mounts, cache)
@@ -238,8 +268,7 @@ def render_deployment(
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner)},
-        # No surge: a rollout never needs a spare GPU node; one pod at a time is replaced.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "strategy": rollout_strategy(spec, surge_blocked=surge_blocked),
         "template": {
             "metadata": {
                 "labels": child_labels(owner, spec.labels),

@@ -1,0 +1,145 @@
+"""What the operator knows of the children it applied: the memory that makes an unchanged child cost no
+request, and that notices when someone else changed or deleted one. Pure: fed by applies and watches.
+
+Each child is known by (apiVersion, kind, namespace, name) with the hash of the desired body last applied
+and the version the server gave back: ``metadata.generation`` where the kind has one (it moves only with
+the spec, not with status), else ``metadata.resourceVersion``. A watch event with a *newer* version than
+ours means someone else wrote the object: its hash is forgotten, so the next reconcile applies it again
+(server-side apply then restores the fields we own, and writes nothing when they are intact). An older
+version is a late event from before our own apply and is not news.
+
+After a full listing of a kind (at start, and kept current by its watch), a child that is not known does
+not exist: deciding that a feature's child must be deleted then costs no GET.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nim_operator.constants import HASH_ANNOTATION
+
+ChildKey = tuple[str, str, str, str]
+
+#: Kinds whose objects are never re-applied for a change by someone else: a claim's spec is immutable once
+#: bound, and its status changes (binding, resizing) would each look like drift.
+NO_DRIFT_KINDS = frozenset({"PersistentVolumeClaim"})
+
+
+def key_of(obj: Mapping[str, Any]) -> ChildKey:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("apiVersion")), str(obj.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))
+
+
+def version_of(obj: Mapping[str, Any]) -> int:
+    """The object's generation, or its resourceVersion when the kind has none (0 when neither is a number)."""
+    meta = obj.get("metadata") or {}
+    value = meta.get("generation") or meta.get("resourceVersion") or 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    digest: str  # hash of the desired body last applied; "" when unknown (someone else wrote it last)
+    version: int
+    owner: str | None
+    exists: bool = True
+
+
+class AppliedState:
+    """Thread-safe; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._entries: dict[ChildKey, Entry] = {}
+        self._listed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, key: ChildKey, digest: str, live: Mapping[str, Any]) -> None:
+        """Our apply of ``digest`` returned ``live``."""
+        with self._lock:
+            self._entries[key] = Entry(digest, version_of(live), controller_uid(live))
+
+    def needs_apply(self, key: ChildKey, digest: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry is None or not entry.exists or entry.digest != digest
+
+    def edited_by_others(self, key: ChildKey) -> bool:
+        """Whether someone else wrote the child after our last apply (its hash is unknown)."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry is not None and entry.exists and entry.digest == ""
+
+    def exists(self, key: ChildKey) -> bool | None:
+        """True or False when known (applied, seen, or absent from a full listing); None when a GET must tell."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry.exists
+            return False if key[:2] in self._listed else None
+
+    def observe(self, obj: Mapping[str, Any]) -> bool:
+        """Learn a child from a watch event or a listing; True when it is news its owner must reconcile."""
+        key = key_of(obj)
+        version = version_of(obj)
+        digest = ((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION) or ""
+        with self._lock:
+            known = self._entries.get(key)
+            if known is None or not known.exists:
+                # First sight (after a restart the hash annotation says what was applied), or it appeared.
+                self._entries[key] = Entry(digest, version, controller_uid(obj))
+                return known is not None or not digest
+            if version <= known.version or key[1] in NO_DRIFT_KINDS:
+                return False
+            self._entries[key] = Entry("", version, known.owner)
+            return True
+
+    def gone(self, key: ChildKey) -> None:
+        """The child was deleted (a watch event, or our own delete)."""
+        with self._lock:
+            known = self._entries.pop(key, None)
+            if known is not None and key[:2] not in self._listed:
+                self._entries[key] = Entry("", 0, known.owner, exists=False)
+
+    def mark_absent(self, key: ChildKey, owner: str | None) -> None:
+        """A GET found nothing: remember it, so the next reconcile does not ask again."""
+        with self._lock:
+            if key[:2] in self._listed:
+                self._entries.pop(key, None)
+            else:
+                self._entries[key] = Entry("", 0, owner, exists=False)
+
+    def forget(self, key: ChildKey) -> None:
+        """Know nothing of this child any more (the next reconcile applies, or asks, again)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def listed(self, api_version: str, kind: str, items: Iterable[Mapping[str, Any]]) -> int:
+        """A full listing of our children of a kind: learn each, and from now on absence means absent."""
+        count = 0
+        for item in items:
+            self.observe({"apiVersion": api_version, "kind": kind, **item})
+            count += 1
+        with self._lock:
+            self._listed.add((api_version, kind))
+        return count
+
+    def prune_owner(self, owner_uid: str) -> None:
+        """Drop every entry of a deleted owner (its children go with it: garbage collection)."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.owner == owner_uid]:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

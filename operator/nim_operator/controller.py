@@ -1,0 +1,209 @@
+"""Between the watches and the reconcilers: what is known of the cluster, and which object to reconcile next.
+
+kopf's handlers (``handlers``) hand every event here and return at once. Events update what is known
+(object bodies, children's applied state, pods, GPU nodes) and queue the keys of the objects they can
+affect; worker threads reconcile those keys from the newest knowledge, retrying failures with backoff,
+and a periodic resync queues every key as a safety net. No decision about *what* to do is made here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from kubernetes import client
+
+from nim_operator import constants as c
+from nim_operator import metrics
+from nim_operator.cache_reconciler import CacheReconciler, cache_of
+from nim_operator.placement import node_facts, node_schedulable
+from nim_operator.reconciler import Reconciler
+from nim_operator.triggers import missing_api, node_change_affects, owner_of, spec_level_change
+from nim_operator.workqueue import Resync, Workers, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class Key(NamedTuple):
+    """What a worker reconciles: a NIMService or a NIMCache, by namespace and name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+class Controller:
+    """Owns the queue, the workers and the resync; knows the watched bodies of our own resources."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        caches: CacheReconciler,
+        *,
+        workers: int = 4,
+        resync_seconds: float = 60.0,
+        base_delay: float = 0.5,
+        max_delay: float = 300.0,
+    ) -> None:
+        self.reconciler = reconciler
+        self.caches = caches
+        self.queue: WorkQueue[Key] = WorkQueue(base_delay=base_delay, max_delay=max_delay)
+        self._guard = threading.Lock()
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.cache_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._workers = Workers(self.queue, self._process, count=workers, on_error=self._failed)
+        self._resync = Resync(self.queue, self._all_keys, period=resync_seconds)
+
+    def start(self) -> None:
+        self._workers.start()
+        self._resync.start()
+
+    def stop(self) -> None:
+        self._resync.stop()
+        self._workers.stop()
+
+    def _all_keys(self) -> list[Key]:
+        with self._guard:
+            return [Key(c.KIND, *k) for k in self.services] + [Key(c.CACHE_KIND, *k) for k in self.cache_bodies]
+
+    # --- events -------------------------------------------------------------------------------------
+
+    def service_event(self, event: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if event == "DELETED":
+            with self._guard:
+                self.services.pop(key, None)
+            self.queue.forget(Key(c.KIND, *key))
+            metrics.STATES.set(key[0], key[1], None)
+            self.reconciler.forget(str(meta.get("uid") or ""), namespace=key[0], name=key[1])
+            return
+        with self._guard:
+            before = self.services.get(key)
+            self.services[key] = dict(body)
+        if spec_level_change(before, body):
+            self.queue.add(Key(c.KIND, *key))
+
+    def child_event(self, event: str | None, obj: dict[str, Any]) -> None:
+        """A child of any kind changed: learn it, and queue its NIMService when the change is news.
+
+        Deployments are always news (their status is the service's readiness). Other kinds are news when
+        they are gone or were changed by someone else (see ``Kube.observe``): the reconcile restores them.
+        """
+        owner = owner_of(obj)
+        if obj.get("kind") == "Deployment":
+            if event == "DELETED":
+                self.reconciler.deployment_gone(obj["metadata"]["namespace"], obj["metadata"]["name"])
+            else:
+                self.reconciler.deployment_seen(obj)
+            news = True
+        elif event == "DELETED":
+            self.reconciler.kube.gone(obj)
+            news = True
+        else:
+            news = self.reconciler.kube.observe(obj)
+        if owner is not None and news and self._owns(owner):
+            self.queue.add(Key(c.KIND, owner[0], owner[1]))
+
+    def _owns(self, owner: tuple[str, str, str]) -> bool:
+        with self._guard:
+            body = self.services.get((owner[0], owner[1]))
+        return body is not None and body["metadata"].get("uid") == owner[2]
+
+    def pod_event(self, event: str | None, pod: dict[str, Any]) -> None:
+        if cache_of(pod) is not None:
+            key = self.caches.pod_gone(pod) if event == "DELETED" else self.caches.pod_seen(pod)
+            if key is not None:
+                self.queue.add(Key(c.CACHE_KIND, *key))
+            return
+        found = self.reconciler.pod_gone(pod) if event == "DELETED" else self.reconciler.pod_seen(pod)
+        if found is not None:
+            self.queue.add(Key(c.KIND, *found))
+
+    def job_event(self, event: str | None, job: dict[str, Any]) -> None:
+        key = self.caches.job_gone(job) if event == "DELETED" else self.caches.job_seen(job)
+        if key is not None:
+            self.queue.add(Key(c.CACHE_KIND, *key))
+
+    def node_event(self, event: str | None, node: Mapping[str, Any]) -> None:
+        """Queue only the services a change of this node's GPU facts can affect; heartbeats are not news."""
+        name = str((node.get("metadata") or {}).get("name") or "")
+        facts = None if event == "DELETED" else node_facts(node)
+        schedulable = event != "DELETED" and node_schedulable(node)
+        before = self.reconciler.set_node(name, facts, schedulable=schedulable)
+        if before == (facts, schedulable):
+            return
+        with self._guard:
+            services = list(self.services.items())
+        for key, body in services:
+            if node_change_affects(self.reconciler.last_status(body), before[0], facts):
+                self.queue.add(Key(c.KIND, *key))
+
+    def cache_event(self, event: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the NIMCache's body and queue it; a cache whose state changed re-runs the services mounting it."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        before = self.reconciler.caches.get(key)
+        if event == "DELETED":
+            with self._guard:
+                self.cache_bodies.pop(key, None)
+            self.reconciler.caches.pop(key, None)
+            self.caches.forget(str(meta.get("uid") or ""), key[0], key[1])
+            self.queue.forget(Key(c.CACHE_KIND, *key))
+        else:
+            with self._guard:
+                previous = self.cache_bodies.get(key)
+                self.cache_bodies[key] = dict(body)
+            self.reconciler.caches[key] = dict(body)
+            if spec_level_change(previous, body):
+                self.queue.add(Key(c.CACHE_KIND, *key))
+        after = self.reconciler.caches.get(key)
+        if (before or {}).get("status") == (after or {}).get("status") and (before is None) == (after is None):
+            return
+        for service in self.reconciler.services_mounting(*key):
+            self.queue.add(Key(c.KIND, *service))
+
+    def crd_event(self, event: str | None, crd: Mapping[str, Any]) -> None:
+        """A CRD became established: services missing its kind (Degraded, or Failed for a missing API)
+        reconcile now instead of at the next resync, so installing an integration heals at once."""
+        if event == "DELETED":
+            return
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        established = any(cond.get("type") == "Established" and cond.get("status") == "True" for cond in conditions)
+        spec = crd.get("spec") or {}
+        kind = str((spec.get("names") or {}).get("kind") or "")
+        if not established or not self.reconciler.kube.now_served(str(spec.get("group") or ""), kind):
+            return
+        with self._guard:
+            services = list(self.services.items())
+        for key, body in services:
+            if missing_api(self.reconciler.last_status(body)):
+                self.queue.add(Key(c.KIND, *key))
+
+    # --- work ---------------------------------------------------------------------------------------
+
+    def _process(self, key: Key) -> None:
+        with self._guard:
+            store = self.services if key.kind == c.KIND else self.cache_bodies
+            body = store.get((key.namespace, key.name))
+        if body is None:
+            return  # deleted since it was queued
+        if key.kind == c.KIND:
+            self.reconciler.reconcile(body)
+        else:
+            self.caches.reconcile(body)
+
+    def _failed(self, key: Key, err: BaseException, delay: float) -> None:
+        """A reconcile raised: log it, say so in the object's status, and let the queue retry it."""
+        if isinstance(err, client.ApiException):
+            log.warning("%s %s/%s: API error %s %s; retrying in %.1fs", *key, err.status, err.reason, delay)
+        else:
+            log.warning("%s %s/%s failed; retrying in %.1fs", *key, delay, exc_info=err)
+        if key.kind != c.KIND:
+            return
+        with self._guard:
+            body = self.services.get((key.namespace, key.name))
+        if body is not None:
+            self.reconciler.report_error(body, err)

@@ -1,0 +1,190 @@
+"""Level-based for every child and honest about the cluster: each test here failed on the operator that
+watched only Deployments, recorded cluster problems as bad specs and applied new children unchecked.
+
+kwok runs the pods; the API server, its admission (quota, validation) and the controllers are real.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.conftest import go_module_file
+from tests.operator.conftest import NIM, wait_for
+
+pytestmark = pytest.mark.cluster
+
+SMOL = {"image": {"repository": "nim-runtime", "tag": "dev"}, "model": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"}}
+#: The Prometheus Operator's own CRD, from its published module.
+PROMETHEUS_OPERATOR = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0")
+SERVICE_MONITOR_CRD = "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def _exists(read: Any, name: str, namespace: str) -> Any:
+    try:
+        return read(name, namespace)
+    except client.ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def test_every_child_deleted_or_edited_by_hand_is_restored(nim: NIM) -> None:
+    spec = {
+        **SMOL,
+        "expose": {"service": {"port": 8000}, "ingress": {"enabled": True}},
+        "networkPolicy": {"enabled": True},
+    }
+    nim.create("drift", spec)
+    nim.wait_state("drift", "Ready")
+    net = client.NetworkingV1Api(nim.api)
+    policy = client.PolicyV1Api(nim.api)
+    readers = {
+        "Service": nim.core.read_namespaced_service,
+        "PodDisruptionBudget": policy.read_namespaced_pod_disruption_budget,
+        "Ingress": net.read_namespaced_ingress,
+        "NetworkPolicy": net.read_namespaced_network_policy,
+    }
+    first = {kind: read("drift", nim.namespace).metadata.uid for kind, read in readers.items()}
+    nim.core.delete_namespaced_service("drift", nim.namespace)
+    policy.delete_namespaced_pod_disruption_budget("drift", nim.namespace)
+    net.delete_namespaced_ingress("drift", nim.namespace)
+    net.delete_namespaced_network_policy("drift", nim.namespace)
+    for kind, read in readers.items():
+        wait_for(
+            lambda read=read, kind=kind: (
+                (o := _exists(read, "drift", nim.namespace)) is not None and o.metadata.uid != first[kind]
+            ),
+            timeout=20,
+            what=f"the {kind} deleted by hand to be re-created",
+        )
+    # An edit of a kind without a generation (a Service) is undone as well.
+    edit = [{"op": "replace", "path": "/spec/ports/0/port", "value": 9999}]  # a JSON patch
+    edited = nim.core.patch_namespaced_service("drift", nim.namespace, edit)
+    assert edited.spec.ports[0].port == 9999
+    wait_for(
+        lambda: [p.port for p in nim.core.read_namespaced_service("drift", nim.namespace).spec.ports] == [8000],
+        timeout=20,
+        what="the Service's port edited by hand to be restored",
+    )
+
+
+def test_a_refused_child_leaves_the_running_deployment_as_it_was(nim: NIM) -> None:
+    nim.create("atomic", SMOL)
+    nim.wait_state("atomic", "Ready")
+    before = nim.deployment("atomic")
+    assert before is not None
+    # One edit: a new env var for the Deployment, and an Ingress the API server refuses (a bad host).
+    nim.patch(
+        "atomic",
+        {
+            "spec": {
+                "env": [{"name": "NEW", "value": "1"}],
+                "expose": {"ingress": {"enabled": True, "spec": {"rules": [{"host": "not a host!"}]}}},
+            }
+        },
+    )
+    status = nim.wait_state("atomic", "Failed")
+    failed = _condition(status, "Failed")
+    assert failed is not None
+    assert failed["reason"] == "InvalidSpec"
+    assert "Ingress" in failed["message"]
+    after = nim.deployment("atomic")
+    assert after is not None
+    assert after.metadata.generation == before.metadata.generation, "the Deployment was changed half-way"
+    assert "NEW" not in {e.name for e in after.spec.template.spec.containers[0].env}
+
+
+def test_service_monitor_without_its_crd_degrades_and_heals_when_the_crd_arrives(nim: NIM) -> None:
+    ext = client.ApiextensionsV1Api(nim.api)
+    crd = yaml.safe_load(go_module_file(*PROMETHEUS_OPERATOR, SERVICE_MONITOR_CRD).read_text())
+    name = crd["metadata"]["name"]
+    if _exists(lambda n, _: ext.read_custom_resource_definition(n), name, ""):
+        ext.delete_custom_resource_definition(name)
+        wait_for(lambda: _exists(lambda n, _: ext.read_custom_resource_definition(n), name, "") is None, what="gone")
+    nim.create("watched", {**SMOL, "metrics": {"enabled": True}})
+    status = nim.wait_state("watched", "Ready")
+    degraded = _condition(status, "Degraded")
+    assert degraded is not None, status["conditions"]
+    assert degraded["status"] == "True"
+    assert "ServiceMonitor" in degraded["message"]
+    assert "Prometheus Operator" in degraded["message"]
+    custom = client.CustomObjectsApi(nim.api)
+    try:
+        ext.create_custom_resource_definition(crd)
+        monitor = wait_for(
+            lambda: _exists(
+                lambda n, ns: custom.get_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", ns, "servicemonitors", n
+                ),
+                "watched",
+                nim.namespace,
+            ),
+            timeout=30,
+            what="the ServiceMonitor, once its CRD is established, without a spec edit",
+        )
+        assert monitor["spec"]["endpoints"][0]["path"] == "/v1/metrics"
+        wait_for(lambda: _condition(nim.status("watched"), "Degraded") is None, what="Degraded to clear")
+        assert nim.status("watched")["state"] == "Ready"
+    finally:
+        ext.delete_custom_resource_definition(name)
+
+
+def test_a_cluster_problem_is_retried_with_its_own_reason_and_heals_without_a_spec_edit(nim: NIM) -> None:
+    """A quota that forbids PodDisruptionBudgets is the cluster's problem, not the spec's: it is named
+    (Forbidden, with the API server's words), retried with backoff, and gone once the quota is."""
+    quota = client.V1ResourceQuota(
+        metadata=client.V1ObjectMeta(name="no-pdbs"),
+        spec=client.V1ResourceQuotaSpec(hard={"count/poddisruptionbudgets.policy": "0"}),
+    )
+    nim.core.create_namespaced_resource_quota(nim.namespace, quota)
+    wait_for(
+        lambda: (nim.core.read_namespaced_resource_quota("no-pdbs", nim.namespace).status.hard or {}) != {},
+        what="the quota to be counted",
+    )
+    nim.create("quota", SMOL)
+    failed = wait_for(
+        lambda: (c := _condition(nim.status("quota"), "Failed")) is not None and c["reason"] == "Forbidden" and c,
+        what="the quota's refusal in status",
+    )
+    assert failed["status"] == "False", "a cluster problem is not a failed spec"
+    assert "exceeded quota" in failed["message"]
+    assert "retried" in failed["message"]
+    time.sleep(3)
+    assert nim.status("quota")["state"] != "Failed"
+    nim.core.delete_namespaced_resource_quota("no-pdbs", nim.namespace)
+    nim.wait_state("quota", "Ready", timeout=90)
+    assert _condition(nim.status("quota"), "Failed")["reason"] == "Reconciled"  # type: ignore[index]
+    assert client.PolicyV1Api(nim.api).read_namespaced_pod_disruption_budget("quota", nim.namespace)
+
+
+def test_zero_replicas_reads_scaled_to_zero(nim: NIM) -> None:
+    nim.create("idle", {**SMOL, "replicas": 0})
+    status = nim.wait_state("idle", "ScaledToZero")
+    ready = _condition(status, "Ready")
+    assert ready is not None
+    assert ready["reason"] == "ScaledToZero"
+    nim.patch("idle", {"spec": {"replicas": 1}})
+    nim.wait_state("idle", "Ready")
+
+
+def test_one_replica_rolls_out_with_a_surge_pod(nim: NIM) -> None:
+    """The default strategy for one replica keeps it serving through a rollout when there is room."""
+    nim.create("rolling", SMOL)
+    nim.wait_state("rolling", "Ready")
+    deployment = nim.deployment("rolling")
+    assert deployment is not None
+    assert deployment.spec.strategy.rolling_update.max_surge == 1
+    assert deployment.spec.strategy.rolling_update.max_unavailable == 0
+    nim.patch("rolling", {"spec": {"strategy": {"type": "Recreate"}}})
+    wait_for(
+        lambda: (d := nim.deployment("rolling")) is not None and d.spec.strategy.type == "Recreate", what="Recreate"
+    )
