@@ -64,9 +64,15 @@ class Controller:
         self._resync.stop()
         self._workers.stop()
 
+    def _queue(self, key: Key, trigger: str) -> None:
+        metrics.QUEUED.labels(trigger).inc()
+        self.queue.add(key)
+
     def _all_keys(self) -> list[Key]:
         with self._guard:
-            return [Key(c.KIND, *k) for k in self.services] + [Key(c.CACHE_KIND, *k) for k in self.cache_bodies]
+            keys = [Key(c.KIND, *k) for k in self.services] + [Key(c.CACHE_KIND, *k) for k in self.cache_bodies]
+        metrics.QUEUED.labels("resync").inc(len(keys))
+        return keys
 
     # --- events -------------------------------------------------------------------------------------
 
@@ -84,28 +90,30 @@ class Controller:
             before = self.services.get(key)
             self.services[key] = dict(body)
         if spec_level_change(before, body):
-            self.queue.add(Key(c.KIND, *key))
+            self._queue(Key(c.KIND, *key), "spec")
 
     def child_event(self, event: str | None, obj: dict[str, Any]) -> None:
         """A child of any kind changed: learn it, and queue its NIMService when the change is news.
 
-        Deployments are always news (their status is the service's readiness). Other kinds are news when
-        they are gone or were changed by someone else (see ``Kube.observe``): the reconcile restores them.
+        A Deployment is news when a count status reads moved (its status is the service's readiness). Every
+        kind is news when it is gone or was changed by someone else (see ``Kube.observe``): the reconcile
+        restores it.
         """
         owner = owner_of(obj)
+        trigger = "deployment" if obj.get("kind") == "Deployment" else "child"
         if obj.get("kind") == "Deployment":
             if event == "DELETED":
                 self.reconciler.deployment_gone(obj["metadata"]["namespace"], obj["metadata"]["name"])
+                news = True
             else:
-                self.reconciler.deployment_seen(obj)
-            news = True
+                news = self.reconciler.deployment_seen(obj)
         elif event == "DELETED":
             self.reconciler.kube.gone(obj)
             news = True
         else:
             news = self.reconciler.kube.observe(obj)
         if owner is not None and news and self._owns(owner):
-            self.queue.add(Key(c.KIND, owner[0], owner[1]))
+            self._queue(Key(c.KIND, owner[0], owner[1]), trigger)
 
     def _owns(self, owner: tuple[str, str, str]) -> bool:
         with self._guard:
@@ -116,16 +124,16 @@ class Controller:
         if cache_of(pod) is not None:
             key = self.caches.pod_gone(pod) if event == "DELETED" else self.caches.pod_seen(pod)
             if key is not None:
-                self.queue.add(Key(c.CACHE_KIND, *key))
+                self._queue(Key(c.CACHE_KIND, *key), "pod")
             return
         found = self.reconciler.pod_gone(pod) if event == "DELETED" else self.reconciler.pod_seen(pod)
         if found is not None:
-            self.queue.add(Key(c.KIND, *found))
+            self._queue(Key(c.KIND, *found), "pod")
 
     def job_event(self, event: str | None, job: dict[str, Any]) -> None:
         key = self.caches.job_gone(job) if event == "DELETED" else self.caches.job_seen(job)
         if key is not None:
-            self.queue.add(Key(c.CACHE_KIND, *key))
+            self._queue(Key(c.CACHE_KIND, *key), "child")
 
     def node_event(self, event: str | None, node: Mapping[str, Any]) -> None:
         """Queue only the services a change of this node's GPU facts can affect; heartbeats are not news."""
@@ -139,7 +147,7 @@ class Controller:
             services = list(self.services.items())
         for key, body in services:
             if node_change_affects(self.reconciler.last_status(body), before[0], facts):
-                self.queue.add(Key(c.KIND, *key))
+                self._queue(Key(c.KIND, *key), "node")
 
     def cache_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         """Keep the NIMCache's body and queue it; a cache whose state changed re-runs the services mounting it."""
@@ -158,12 +166,12 @@ class Controller:
                 self.cache_bodies[key] = dict(body)
             self.reconciler.caches[key] = dict(body)
             if spec_level_change(previous, body):
-                self.queue.add(Key(c.CACHE_KIND, *key))
+                self._queue(Key(c.CACHE_KIND, *key), "spec")
         after = self.reconciler.caches.get(key)
         if (before or {}).get("status") == (after or {}).get("status") and (before is None) == (after is None):
             return
         for service in self.reconciler.services_mounting(*key):
-            self.queue.add(Key(c.KIND, *service))
+            self._queue(Key(c.KIND, *service), "cache")
 
     def crd_event(self, event: str | None, crd: Mapping[str, Any]) -> None:
         """A CRD became established: services missing its kind (Degraded, or Failed for a missing API)
@@ -180,7 +188,7 @@ class Controller:
             services = list(self.services.items())
         for key, body in services:
             if missing_api(self.reconciler.last_status(body)):
-                self.queue.add(Key(c.KIND, *key))
+                self._queue(Key(c.KIND, *key), "crd")
 
     # --- work ---------------------------------------------------------------------------------------
 

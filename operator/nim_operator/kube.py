@@ -10,10 +10,11 @@ import datetime
 import hashlib
 import json
 import logging
+import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import urllib3
@@ -112,6 +113,7 @@ class Kube:
         self.applied = AppliedState()
         # (apiVersion, kind) found not served -> monotonic time until which that is assumed without asking.
         self._unserved: dict[tuple[str, str], float] = {}
+        self._events: queue.SimpleQueue[tuple[dict[str, Any], str, str, str]] | None = None
         self._lock = threading.Lock()
 
     def request(
@@ -290,12 +292,19 @@ class Kube:
         self.applied.gone(key)
         return True
 
-    def warm(self, kinds: list[tuple[str, str]], namespaces: list[str] | None) -> int:
+    def warm(
+        self,
+        kinds: list[tuple[str, str]],
+        namespaces: list[str] | None,
+        *,
+        seen: Callable[[dict[str, Any]], None] | None = None,
+    ) -> int:
         """Learn what was applied before a restart: one LIST per kind (and namespace) of our children.
 
         Without it, the first reconcile after a restart would re-apply every child of every service. A kind
         listed in full is from then on known completely (its watch keeps it current), so absence needs no
-        GET. Kinds the cluster does not serve, or that we may not list, are left to GETs.
+        GET. Kinds the cluster does not serve, or that we may not list, are left to GETs. ``seen`` gets every
+        object listed (the reconciler keeps Deployments for status, so a restart reads none one by one).
         """
         selector = f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY}"
         learned = 0
@@ -307,9 +316,15 @@ class Kube:
                     metrics.API_READS.labels(kind).inc()
                     path = resource_path(api_version, kind, namespace)
                     items += self.request("GET", path, query=[("labelSelector", selector)])["items"]
-            except client.ApiException:
-                continue  # not served, or not ours to list: those children are asked for by GET
+            except client.ApiException as err:
+                if err.status == 404 and _kind_unknown(err):
+                    # Not served: none can exist; when its CRD arrives, the watch reports what we create.
+                    self.applied.listed(api_version, kind, [])
+                continue  # not ours to list: those children are asked for by GET
             learned += self.applied.listed(api_version, kind, items)
+            if seen is not None:
+                for item in items:
+                    seen({"apiVersion": api_version, "kind": kind, **item})
         return learned
 
     def list_nodes(self) -> list[dict[str, Any]]:
@@ -331,11 +346,27 @@ class Kube:
         return self._get_or_none(f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{plural}/{name}")
 
     def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about ``obj`` (what `kubectl describe` shows), from the operator.
+        """Queue a core/v1 Event about ``obj`` (what `kubectl describe` shows); a background thread posts it.
 
         Posted by us rather than kopf: reconciles run on our own worker threads, outside the handler
-        context kopf's event queue lives in. Events are advice: a refused one is logged, never retried.
+        context kopf's event queue lives in. Posting in the background keeps a reconcile from waiting on
+        advice. Events are advice: a refused one is logged, never retried.
         """
+        with self._lock:
+            if self._events is None:
+                self._events = queue.SimpleQueue()
+                threading.Thread(target=self._post_events, name="events", daemon=True).start()
+            events = self._events
+        events.put((dict(obj), type_, reason, message))
+
+    def _post_events(self) -> None:
+        assert self._events is not None
+        while True:
+            obj, type_, reason, message = self._events.get()
+            self.send_event(obj, type_, reason, message)
+
+    def send_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post one Event now (see :meth:`post_event`)."""
         meta = obj.get("metadata") or {}
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         namespace = meta.get("namespace") or "default"

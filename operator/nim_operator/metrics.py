@@ -23,6 +23,12 @@ API_WRITES = Counter(
     "nim_operator_api_writes_total", "Writes the operator sent to the API server, by kind and verb.", ["kind", "verb"]
 )
 
+QUEUED = Counter(
+    "nim_operator_queued_total",
+    "Reconciles queued, by what triggered them (spec, child, deployment, pod, node, cache, crd, resync).",
+    ["trigger"],
+)
+
 API_READS = Counter("nim_operator_api_reads_total", "Reads the operator sent to the API server, by kind.", ["kind"])
 
 

@@ -122,6 +122,16 @@ def _service_key(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return None if service is None else (pod["metadata"]["namespace"], service)
 
 
+def _rollout_view(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What status and the rollout strategy read of a Deployment."""
+    status = deployment.get("status") or {}
+    return (
+        (deployment.get("metadata") or {}).get("generation"),
+        (deployment.get("spec") or {}).get("replicas"),
+        *(status.get(f) for f in ("observedGeneration", "replicas", "availableReplicas", "updatedReplicas")),
+    )
+
+
 def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
     """Whether our field manager's apply owns ``spec.replicas`` of this Deployment (and no one else does)."""
     owners = [
@@ -230,11 +240,18 @@ class Reconciler:
         """The newest status known for this NIMService: ours as written, else the body's."""
         return self._written.get(str(body["metadata"].get("uid"))) or _previous_status(body)
 
-    def deployment_seen(self, deployment: dict[str, Any]) -> None:
-        """A Deployment from the watch: status reads it instead of a GET, and the apply cache learns it."""
+    def deployment_seen(self, deployment: dict[str, Any]) -> bool:
+        """A Deployment from the watch: status reads it instead of a GET, and the apply cache learns it.
+
+        True when it is news for its NIMService: someone else changed its spec, or a count status reads
+        moved. (The Deployment controller also rewrites conditions' timestamps: no reconcile for those.)
+        """
         meta = deployment["metadata"]
-        self._deployments[(meta["namespace"], meta["name"])] = deployment
-        self.kube.observe(deployment)
+        key = (meta["namespace"], meta["name"])
+        before = self._deployments.get(key)
+        self._deployments[key] = deployment
+        drifted = self.kube.observe(deployment)
+        return drifted or before is None or _rollout_view(before) != _rollout_view(deployment)
 
     def deployment_gone(self, namespace: str, name: str) -> None:
         self._deployments.pop((namespace, name), None)
@@ -649,7 +666,10 @@ class Reconciler:
             self.emit(body, "Normal", "ProfileSelected", status.profile.reason if status.profile else "")
         if status.state != before_state:
             failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
-            kind = "Warning" if failed else "Normal"
-            message = failed.message if failed else f"state {before_state or 'none'} -> {status.state}"
-            self.emit(body, kind, failed.reason if failed else status.state, message)
+            # A new service starting Pending is no news (its ProfileSelected Event, if any, says what
+            # happens); a failure always is, and so is every later change of state.
+            if failed is not None:
+                self.emit(body, "Warning", failed.reason, failed.message)
+            elif before_state is not None:
+                self.emit(body, "Normal", status.state, f"state {before_state} -> {status.state}")
         return True

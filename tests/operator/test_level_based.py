@@ -40,6 +40,7 @@ def _exists(read: Any, name: str, namespace: str) -> Any:
 def test_every_child_deleted_or_edited_by_hand_is_restored(nim: NIM) -> None:
     spec = {
         **SMOL,
+        "replicas": 2,
         "expose": {"service": {"port": 8000}, "ingress": {"enabled": True}},
         "networkPolicy": {"enabled": True},
     }
@@ -139,15 +140,15 @@ def test_service_monitor_without_its_crd_degrades_and_heals_when_the_crd_arrives
 
 
 def test_a_cluster_problem_is_retried_with_its_own_reason_and_heals_without_a_spec_edit(nim: NIM) -> None:
-    """A quota that forbids PodDisruptionBudgets is the cluster's problem, not the spec's: it is named
-    (Forbidden, with the API server's words), retried with backoff, and gone once the quota is."""
+    """A quota that forbids Services is the cluster's problem, not the spec's: it is named (Forbidden, with
+    the API server's words), retried with backoff, and gone once the quota is."""
     quota = client.V1ResourceQuota(
-        metadata=client.V1ObjectMeta(name="no-pdbs"),
-        spec=client.V1ResourceQuotaSpec(hard={"count/poddisruptionbudgets.policy": "0"}),
+        metadata=client.V1ObjectMeta(name="no-services"),
+        spec=client.V1ResourceQuotaSpec(hard={"count/services": "0"}),
     )
     nim.core.create_namespaced_resource_quota(nim.namespace, quota)
     wait_for(
-        lambda: (nim.core.read_namespaced_resource_quota("no-pdbs", nim.namespace).status.hard or {}) != {},
+        lambda: (nim.core.read_namespaced_resource_quota("no-services", nim.namespace).status.hard or {}) != {},
         what="the quota to be counted",
     )
     nim.create("quota", SMOL)
@@ -160,10 +161,10 @@ def test_a_cluster_problem_is_retried_with_its_own_reason_and_heals_without_a_sp
     assert "retried" in failed["message"]
     time.sleep(3)
     assert nim.status("quota")["state"] != "Failed"
-    nim.core.delete_namespaced_resource_quota("no-pdbs", nim.namespace)
+    nim.core.delete_namespaced_resource_quota("no-services", nim.namespace)
     nim.wait_state("quota", "Ready", timeout=90)
     assert _condition(nim.status("quota"), "Failed")["reason"] == "Reconciled"  # type: ignore[index]
-    assert client.PolicyV1Api(nim.api).read_namespaced_pod_disruption_budget("quota", nim.namespace)
+    assert nim.core.read_namespaced_service("quota", nim.namespace)
 
 
 def test_zero_replicas_reads_scaled_to_zero(nim: NIM) -> None:

@@ -208,8 +208,11 @@ def test_a_created_claim_outlives_its_nimservice() -> None:
     service = children["Service"].body
     assert service is not None
     assert service["spec"]["ports"] == [{"name": "api", "port": 8000, "targetPort": "api", "protocol": "TCP"}]
-    pdb = children["PodDisruptionBudget"].body
+    assert children["PodDisruptionBudget"].body is None, "one replica: a budget would protect nothing"
+    two = _spec(replicas=2)
+    pdb = {ch.kind: ch for ch in render_children(OWNER, two, _placed(two))}["PodDisruptionBudget"].body
     assert pdb is not None
+    assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 

@@ -53,8 +53,14 @@ def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
     }
 
 
-def render_pdb(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
-    """At most one pod down at a time for voluntary disruptions; an unhealthy pod never blocks a drain."""
+def render_pdb(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    """At most one pod down at a time for voluntary disruptions; an unhealthy pod never blocks a drain.
+
+    None for a single replica: a budget of one unavailable pod out of one protects nothing (a drain may
+    always evict it), so it would only be one more object per service.
+    """
+    if not spec.autoscaling and spec.desired_replicas <= 1:
+        return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
