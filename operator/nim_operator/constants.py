@@ -26,6 +26,8 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "nim-operator"
 #: On every child: the hash of the desired body applied, so a restart knows what it applied without re-applying.
 HASH_ANNOTATION = "nimoperator.dev/desired-hash"
+#: On the pods of a multi-node group: leader or worker (the Service selects leaders only).
+LABEL_ROLE = "nimoperator.dev/role"
 #: On a NIMCache's claim, Job and pods: which NIMCache they belong to.
 LABEL_NIMCACHE = "nimoperator.dev/nimcache"
 #: On a NIMCache's Job: the hash of its (immutable) spec, so a changed source replaces the Job.

@@ -20,6 +20,7 @@ from nim_operator import metrics
 from nim_operator.cache_reconciler import CacheReconciler, cache_of
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
+from nim_operator.render import lws
 from nim_operator.triggers import missing_api, node_change_affects, owner_of, spec_level_change
 from nim_operator.workqueue import Resync, Workers, WorkQueue
 
@@ -107,6 +108,14 @@ class Controller:
                 news = True
             else:
                 news = self.reconciler.deployment_seen(obj)
+        elif obj.get("kind") == lws.KIND and owner is not None:
+            # A multi-node service's readiness is its LeaderWorkerSet's status, as a Deployment's is.
+            service = (owner[0], owner[1])
+            if event == "DELETED":
+                self.reconciler.group_gone(service, obj["metadata"]["name"])
+            else:
+                self.reconciler.group_seen(service, obj)
+            news = True
         elif event == "DELETED":
             self.reconciler.kube.gone(obj)
             news = True
@@ -141,6 +150,10 @@ class Controller:
         facts = None if event == "DELETED" else node_facts(node)
         schedulable = event != "DELETED" and node_schedulable(node)
         before = self.reconciler.set_node(name, facts, schedulable=schedulable)
+        if event == "DELETED":
+            self.reconciler.dra.node_gone(name)
+        elif self.reconciler.dra.node_seen(node) and self.reconciler.dra.dra_only():
+            self._queue_all_services()  # the device plugin came or went on a node whose GPUs DRA offers
         if before == (facts, schedulable):
             return
         with self._guard:
@@ -148,6 +161,19 @@ class Controller:
         for key, body in services:
             if node_change_affects(self.reconciler.last_status(body), before[0], facts):
                 self._queue(Key(c.KIND, *key), "node")
+
+    def slice_event(self, event: str | None, body: Mapping[str, Any]) -> None:
+        """A ResourceSlice of NVIDIA's GPU driver changed what DRA offers: every service may be placed anew
+        (slices change when drivers start or GPUs fail, not in steady state)."""
+        dra = self.reconciler.dra
+        if dra.slice_gone(body) if event == "DELETED" else dra.slice_seen(body):
+            self._queue_all_services()
+
+    def _queue_all_services(self) -> None:
+        with self._guard:
+            keys = list(self.services)
+        for key in keys:
+            self.queue.add(Key(c.KIND, *key))
 
     def cache_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         """Keep the NIMCache's body and queue it; a cache whose state changed re-runs the services mounting it."""

@@ -74,6 +74,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     reconciler = Reconciler(kube, kube.post_event)
     for node in kube.list_nodes():
         reconciler.set_node(node["metadata"]["name"], node_facts(node), schedulable=node_schedulable(node))
+        reconciler.dra.node_seen(node)
+    # Before any reconcile, so that services on DRA-only nodes are not first placed without them.
+    for resource_slice in kube.list_resource_slices():
+        reconciler.dra.slice_seen(resource_slice)
     # Before any reconcile: what was applied before a restart, so nothing is re-applied.
 
     def seen(obj: dict[str, Any]) -> None:
@@ -150,3 +154,9 @@ def crd(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("", "v1", "nodes")
 def node(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).node_event(type, dict(body))
+
+
+@kopf.on.event("resource.k8s.io", "v1", "resourceslices")
+def resource_slice(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """GPUs offered through DRA are placement facts, like node labels."""
+    _controller(memo).slice_event(type, dict(body))

@@ -76,6 +76,13 @@ PLURALS: dict[tuple[str, str], str] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
+    ("resource.k8s.io/v1", "ResourceClaimTemplate"): "resourceclaimtemplates",
+}
+#: Kinds the operator only reads: the DRA objects a NIMService's claims name.
+READ_PLURALS: dict[tuple[str, str], str] = {
+    ("resource.k8s.io/v1", "ResourceClaim"): "resourceclaims",
+    ("resource.k8s.io/v1", "DeviceClass"): "deviceclasses",
 }
 
 
@@ -83,7 +90,8 @@ def resource_path(api_version: str, kind: str, namespace: str | None, name: str 
     root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     scope = f"/namespaces/{namespace}" if namespace else ""
     tail = f"/{name}" if name else ""
-    return f"{root}{scope}/{PLURALS[(api_version, kind)]}{tail}"
+    plural = PLURALS.get((api_version, kind)) or READ_PLURALS[(api_version, kind)]
+    return f"{root}{scope}/{plural}{tail}"
 
 
 def desired_hash(body: dict[str, Any]) -> str:
@@ -254,7 +262,7 @@ class Kube:
         """A child's deletion, from its watch."""
         self.applied.gone(key_of(obj))
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         metrics.API_READS.labels(kind).inc()
         return self._get_or_none(resource_path(api_version, kind, namespace, name))
 
@@ -291,6 +299,24 @@ class Kube:
                 raise
         self.applied.gone(key)
         return True
+
+    def delete_owned_except(
+        self, api_version: str, kind: str, namespace: str, owner_uid: str, selector: str, keep: set[str]
+    ) -> list[str]:
+        """Delete the children of this kind that this NIMService controls and that are not in ``keep``
+        (one LIST by label); their names. For children whose names change with their spec."""
+        metrics.API_READS.labels(kind).inc()
+        path = resource_path(api_version, kind, namespace)
+        items = self.request("GET", path, query=[("labelSelector", selector)])["items"]
+        deleted = []
+        for item in items:
+            meta = item["metadata"]
+            refs = meta.get("ownerReferences") or []
+            if meta["name"] in keep or not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
+                continue
+            self.delete(api_version, kind, namespace, meta["name"])
+            deleted.append(meta["name"])
+        return deleted
 
     def warm(
         self,
@@ -330,6 +356,17 @@ class Kube:
     def list_nodes(self) -> list[dict[str, Any]]:
         metrics.API_READS.labels("Node").inc()
         items: list[dict[str, Any]] = self.request("GET", "/api/v1/nodes")["items"]
+        return items
+
+    def list_resource_slices(self) -> list[dict[str, Any]]:
+        """Every ResourceSlice (GPUs offered through DRA); none where DRA is not served or not ours to read."""
+        metrics.API_READS.labels("ResourceSlice").inc()
+        try:
+            items: list[dict[str, Any]] = self.request("GET", "/apis/resource.k8s.io/v1/resourceslices")["items"]
+        except client.ApiException as err:
+            if err.status in (403, 404):
+                return []
+            raise
         return items
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:

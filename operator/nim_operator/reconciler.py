@@ -25,11 +25,24 @@ from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount
+from nim_operator.dra_inventory import DraInventory
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
-from nim_operator.placement import decide, manifest_for, placement_inputs, placement_of, profile_status
+from nim_operator.placement import Placement, decide, manifest_for, placement_inputs, placement_of, profile_status
 from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
 from nim_operator.render import Child, Owner, render_children
+from nim_operator.render import lws as lws_render
 from nim_operator.status import Failure, compute_status
+from nim_operator.workload import (
+    Workload,
+    WorkloadError,
+    allocation_note,
+    explain,
+    plan_workload,
+    prune_templates,
+    selection_nodes,
+    selection_view,
+    verify_claims,
+)
 from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -208,6 +221,10 @@ class Reconciler:
         # NIMCache bodies by (namespace, name), kept by their watch; and which cache each service mounts.
         self.caches: dict[tuple[str, str], dict[str, Any]] = {}
         self._mounts: dict[tuple[str, str], str] = {}
+        # GPUs offered through DRA (ResourceSlices) and which nodes also have the device plugin.
+        self.dra = DraInventory()
+        # The newest LeaderWorkerSet of each multi-node NIMService, by (namespace, NIMService name).
+        self._groups: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -223,6 +240,7 @@ class Reconciler:
             with self._guard:
                 self._pods.pop((namespace, name), None)
                 self._deployments.pop((namespace, name), None)
+                self._groups.pop((namespace, name), None)
                 self._mounts.pop((namespace, name), None)
                 self._locks.pop((namespace, name), None)
 
@@ -252,6 +270,17 @@ class Reconciler:
         self._deployments[key] = deployment
         drifted = self.kube.observe(deployment)
         return drifted or before is None or _rollout_view(before) != _rollout_view(deployment)
+
+    def group_seen(self, service: tuple[str, str], group: dict[str, Any]) -> None:
+        """A LeaderWorkerSet from the watch, keyed by its NIMService: status reads it instead of a GET."""
+        with self._guard:
+            self._groups[service] = group
+        self.kube.observe(group)
+
+    def group_gone(self, service: tuple[str, str], name: str) -> None:
+        with self._guard:
+            self._groups.pop(service, None)
+        self.kube.forget(lws_render.API_VERSION, lws_render.KIND, service[0], name)
 
     def deployment_gone(self, namespace: str, name: str) -> None:
         self._deployments.pop((namespace, name), None)
@@ -328,23 +357,25 @@ class Reconciler:
                 # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
                 raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
             manifest = _resolve_manifest(self.kube, owner.namespace, spec)
-            decision, pstatus = self._choose(spec, manifest, previous, generation)
-            placement = placement_of(spec, manifest, decision)
+            nodes = selection_nodes(list(self.nodes.values()), self.dra.dra_only(), cordoned=set(self.cordoned))
+            decision, pstatus = self._choose(spec, manifest, previous, generation, nodes)
+            workload, placement, pstatus = self._plan(owner, spec, manifest, decision, nodes, pstatus)
             mount, waiting = self._cache_mount(owner.namespace, spec)
             missing: list[str] = []
             if waiting is None:
                 blocked = self._surge_blocked(owner)
-                children = render_children(owner, spec, placement, mount, surge_blocked=blocked)
+                children = render_children(
+                    owner, spec, placement, mount, surge_blocked=blocked, group=workload.group, claims=workload.claims
+                )
                 outcome, applied, missing = self._apply_children(owner, children)
+                spec_changed = previous is not None and previous.observed_generation != generation
+                outcome.deleted += self._prune(owner, workload, outcome, spec_changed)
             else:
                 # Nothing changes while the cache fills: running pods keep what they mount.
                 outcome, applied = Outcome(status=NIMServiceStatus()), {}
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
-        deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
-        deployment_key = ("apps/v1", "Deployment", owner.namespace, owner.name)
-        if deployment is None and self.kube.applied.exists(deployment_key) is not False:
-            deployment = self.kube.get(*deployment_key)
+        deployment = self._workload_state(owner, spec, applied)
         problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
         if waiting is not None:
             problem = PodProblem(waiting.reason, waiting.message)
@@ -367,6 +398,56 @@ class Reconciler:
         shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
         self._announce(body, owner, problem if shown else None)
         return outcome
+
+    def _plan(
+        self,
+        owner: Owner,
+        spec: NIMServiceSpec,
+        manifest: ModelManifest | None,
+        decision: ProfileDecision | None,
+        nodes: list[NodeGpuFacts],
+        pstatus: ProfileStatus,
+    ) -> tuple[Workload, Placement, ProfileStatus]:
+        """The workload (Deployment or group, DRA claims), the placement to render and the explained profile.
+
+        Claims are checked against the cluster here, before anything is applied: a claim nothing serves
+        fails the NIMService instead of leaving pods Pending.
+        """
+        placement = placement_of(spec, manifest, decision)
+        try:
+            workload, placement, note = plan_workload(
+                owner, spec, manifest, decision, placement, nodes, self.dra.dra_only()
+            )
+            verify_claims(self.kube, owner.namespace, workload.claims)
+        except WorkloadError as err:
+            raise _Refusal(err.failure, pstatus) from err
+        pods = [p["metadata"]["name"] for p in self.pods_of(owner.namespace, owner.name)]
+        allocated = allocation_note(self.kube, owner.namespace, workload.claims, pods)
+        return workload, placement, explain(explain(pstatus, note), allocated)
+
+    def _prune(self, owner: Owner, workload: Workload, outcome: Outcome, spec_changed: bool) -> list[str]:
+        """ResourceClaimTemplates no longer rendered go (their spec is immutable, so a change renames them);
+        looked for only when a template was just made or the spec changed, not on every pass."""
+        made = any(a.startswith("ResourceClaimTemplate/") for a in outcome.applied)
+        if not (made or spec_changed):
+            return []
+        return prune_templates(self.kube, owner, workload.claims.template_names)
+
+    def _workload_state(
+        self, owner: Owner, spec: NIMServiceSpec, applied: dict[str, dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The Deployment, or the LeaderWorkerSet in the Deployment's terms, that readiness is read from:
+        as just applied, else as the watch delivered it, else one GET (none when it is known absent)."""
+        if spec.multi_node is None:
+            deployment = applied.get("Deployment") or self._deployments.get((owner.namespace, owner.name))
+            key = ("apps/v1", "Deployment", owner.namespace, owner.name)
+        else:
+            with self._guard:
+                deployment = applied.get(lws_render.KIND) or self._groups.get((owner.namespace, owner.name))
+            key = (lws_render.API_VERSION, lws_render.KIND, owner.namespace, lws_render.lws_name(owner))
+        if deployment is None and self.kube.applied.exists(key) is not False:
+            deployment = self.kube.get(*key)
+        return deployment if spec.multi_node is None else lws_render.readiness_view(deployment)
 
     def _surge_blocked(self, owner: Owner) -> bool:
         """Whether a rollout is under way and its new pod cannot be scheduled for lack of room (a surge pod
@@ -425,14 +506,23 @@ class Reconciler:
         manifest: ModelManifest | None,
         previous: NIMServiceStatus | None,
         generation: int,
+        nodes: list[NodeGpuFacts],
     ) -> tuple[ProfileDecision | None, ProfileStatus]:
-        """The profile decision and its status; none when no manifest is known (the runtime chooses).
+        """The profile decision and its status; none when no manifest is known or the user's DRA claims
+        choose the devices (the runtime then chooses from the GPUs it gets). ``nodes`` are the schedulable
+        nodes as selection sees them (DRA-only nodes described by their ResourceSlices).
 
         The earlier decision sticks while the spec fields it was made from are unchanged (a replicas, env
         or label edit never moves a running service) and a node of its product remains, cordoned or not
         (maintenance is not removal). Otherwise the best profile for the schedulable nodes is chosen, and
         the reason says why the service moved.
         """
+        if spec.dra_resources:
+            reason = (
+                "spec.draResources chooses the devices: no GPUs or GPU products are added; the runtime selects "
+                "its profile from the GPUs allocated to it"
+            )
+            return None, profile_status(None, unmanaged_reason=reason)
         if manifest is None:
             model = spec.model.name if spec.model and spec.model.name else spec.image.repository
             reason = (
@@ -448,11 +538,12 @@ class Reconciler:
             or (before.inputs is None and previous is not None and previous.observed_generation == generation)
         )
         sticky = before.id if before is not None and same_inputs else None
-        schedulable = list(self.nodes.values())
+        schedulable = selection_view(spec, nodes)
         decision: ProfileDecision | None = None
         try:
             if sticky:
-                kept = decide(spec, manifest, schedulable + list(self.cordoned.values()), previous=sticky)
+                everywhere = selection_view(spec, nodes + list(self.cordoned.values()))
+                kept = decide(spec, manifest, everywhere, previous=sticky)
                 decision = kept if kept.profile.id == sticky else None
             if decision is None:
                 decision = decide(spec, manifest, schedulable, previous=None)

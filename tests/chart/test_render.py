@@ -78,7 +78,13 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     (cluster_role,) = [d for d in by_kind(docs, "ClusterRole") if not d["metadata"]["name"].endswith("crd-upgrade")]
-    assert rule_resources(cluster_role["rules"]) == {"nodes", "customresourcedefinitions", "namespaces"}
+    assert rule_resources(cluster_role["rules"]) == {
+        "nodes",
+        "customresourcedefinitions",
+        "namespaces",
+        "resourceslices",
+        "deviceclasses",
+    }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_role["rules"])
     assert "deployments" in rule_resources(roles[0]["rules"])
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]

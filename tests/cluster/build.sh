@@ -6,6 +6,7 @@
 # binaries for the current versions exist.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$CLUSTER_DIR/lws.sh"
 
 "$CLUSTER_DIR/host-deps.sh"
 
@@ -69,6 +70,9 @@ else
     trap - EXIT
     echo "cluster add-ons built in $(( $(date +%s) - start ))s"
 fi
+
+# The LeaderWorkerSet controller (multi-node NIMServices), in a cache dir of its own keyed by its version.
+lws_build
 
 # Images the real nodes need before they can run anything: the pod sandbox (pause) and a Debian
 # base made from Debian's packages by mmdebstrap (no registry serves images here).

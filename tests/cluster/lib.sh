@@ -83,3 +83,22 @@ RUNTIME_NODES="${NIM_RUNTIME_NODES:-0}"
 HUB_NODES="${NIM_HUB_NODES:-$((REAL_NODE_COUNT - 1))}"
 BASE_IMAGE=localhost/nim-base:bookworm
 BASE_PACKAGES=python3,python3-venv,ca-certificates,libgomp1,libnuma1,tini
+
+# --- LeaderWorkerSet (multi-node NIMServices) ---
+# The LWS controller (sigs.k8s.io/lws, its own go.mod) and the CRD and webhook YAML that ship in its module,
+# built by build.sh into a cache dir of its own (lws_dir), keyed by its version: bumping it rebuilds nothing else.
+# The version is the one tests/cluster/lws/go.mod requires; the key covers that module's go.sum too.
+LWS_VERSION=$(awk '$1 == "require" && $2 == "sigs.k8s.io/lws" { print $3 }' "$CLUSTER_DIR/lws/go.mod")
+lws_dir() {
+    local key
+    key=$({
+        cat "$CLUSTER_DIR/lws/go.mod" "$CLUSTER_DIR/lws/go.sum"
+        go env GOVERSION GOOS GOARCH
+    } | sha256sum | cut -c1-16)
+    echo "$CACHE_ROOT/lws-$key"
+}
+# The controller serves its admission webhooks on the host (the apiserver calls them by URL, with a serving
+# certificate signed by the cluster CA) and its health endpoint on loopback. Derived from the apiserver's port
+# so that light clusters side by side (each with its own NIM_CLUSTER_APISERVER_PORT) do not collide.
+LWS_WEBHOOK_PORT="${NIM_CLUSTER_LWS_WEBHOOK_PORT:-$((APISERVER_PORT + 20))}"
+LWS_HEALTH_PORT="${NIM_CLUSTER_LWS_HEALTH_PORT:-$((APISERVER_PORT + 21))}"

@@ -8,13 +8,15 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$CLUSTER_DIR/real-nodes.sh"
+source "$CLUSTER_DIR/lws.sh"
+source "$CLUSTER_DIR/dra.sh"
 
 PKI=$STATE/pki
 LOGS=$STATE/logs
 PIDS=$STATE/pids
 KUBECONFIG_OUT=$STATE/kubeconfig
 SERVER=https://127.0.0.1:$APISERVER_PORT
-COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
+COMPONENTS=(etcd apiserver controller-manager scheduler kwok lws-controller)
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
 done
@@ -63,7 +65,7 @@ if [[ -z $KUBECTL ]]; then
     exit 1
 fi
 
-for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
+for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; set NIM_CLUSTER_*_PORT to move the cluster" >&2
         exit 1
@@ -243,6 +245,7 @@ start kwok "$BIN/kwok" \
 
 cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
 k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
+lws_crds_start
 wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
 ((REAL_NODE_COUNT == 0)) || nodes_up
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
@@ -294,6 +297,11 @@ EOF
     wait_for "local-path-provisioner healthy" 30 curl -sf --max-time 2 "http://127.0.0.1:$LOCAL_PATH_HEALTH_PORT/ready"
 }
 ((REAL_NODE_COUNT == 0)) || addons_up
+# Multi-node groups (the LeaderWorkerSet controller) and GPUs offered through DRA, in light clusters too.
+# The controller comes up in the background while the node taints clear.
+lws_up >"$LOGS/lws-up.log" 2>&1 &
+lws_up_pid=$!
+dra_up
 
 # The node lifecycle controller removes its not-ready taints a moment after
 # Ready; until then the scheduler would back off pods for up to 10 s.
@@ -303,6 +311,7 @@ no_condition_taints() {
     [[ $keys != *node.kubernetes.io/* ]]
 }
 wait_for "not-ready taints to clear" 60 no_condition_taints
+lws_wait "$lws_up_pid"
 
 awk -v a="$t0" -v b="$EPOCHREALTIME" -v k="$KUBECONFIG_OUT" \
     'BEGIN { printf "cluster ready in %.1fs; kubeconfig: %s\n", b - a, k }'

@@ -80,10 +80,37 @@ FAILED_BY_OPERATOR: list[tuple[str, dict[str, Any], str, str]] = [
     ("env-without-name", {**OK, "env": [{"value": "x"}]}, "InvalidSpec", "name: Required value"),
     ("missing-manifest-configmap", {**OK, "modelManifest": "nope"}, "InvalidManifest", "ConfigMap"),
     (
-        "multinode-not-built",
-        {**OK, "multiNode": {"parallelism": {"pipeline": 2, "tensor": 8}}},
-        "UnsupportedField",
-        "spec.multiNode asks for a LeaderWorkerSet",
+        "multinode-shape-contradicts-profile",
+        {**OK, "profile": "vllm-bf16-tp1", "multiNode": {"parallelism": {"pipeline": 4, "tensor": 8}}},
+        "InvalidMultiNodeGroup",
+        "spec.multiNode.parallelism",
+    ),
+    (
+        "multinode-no-pool-holds-the-group",
+        {
+            **OK,
+            "image": {"repository": "nvcr.io/nim/deepseek-ai/deepseek-r1", "tag": "1.7.3"},
+            "multiNode": {"parallelism": {"pipeline": 3, "tensor": 8}},
+        },
+        "MultiNodeGroupDoesNotFit",
+        "lower spec.multiNode.parallelism.pipeline",
+    ),
+    (
+        "dra-device-class-missing",
+        {
+            **OK,
+            "draResources": [
+                {"claimCreationSpec": {"devices": [{"name": "gpu", "deviceClassName": "tpu.example.com"}]}}
+            ],
+        },
+        "DeviceClassNotFound",
+        "spec.draResources[0].claimCreationSpec.devices[0].deviceClassName: DeviceClass tpu.example.com does not exist",
+    ),
+    (
+        "dra-template-missing",
+        {**OK, "draResources": [{"resourceClaimTemplateName": "nowhere"}]},
+        "ResourceClaimNotFound",
+        "spec.draResources[0].resourceClaimTemplateName: ResourceClaimTemplate",
     ),
 ]
 

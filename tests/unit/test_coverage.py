@@ -28,8 +28,6 @@ def _spec(**fields: Any) -> NIMServiceSpec:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"multiNode": {"parallelism": {"pipeline": 2, "tensor": 8}}}, ["spec.multiNode"]),
-        ({"draResources": [{"resourceClaimTemplateName": "gpu"}]}, ["spec.draResources"]),
         ({"inferencePlatform": "kserve"}, ["spec.inferencePlatform: kserve"]),
         (
             {"expose": {"router": {"gateway": GATEWAY, "eppConfig": EPP}}},
@@ -104,12 +102,12 @@ def test_ignored_fields_condition_is_present_only_while_something_is_ignored() -
 def test_reconciler_fails_a_field_it_does_not_build_and_applies_nothing() -> None:
     reconciler, kube, events = _reconciler()
     body = copy.deepcopy(SERVICE)
-    body["spec"]["multiNode"] = {"parallelism": {"pipeline": 2, "tensor": 8}}
+    body["spec"]["podAffinity"] = {}
     outcome = reconciler.reconcile(body)
     assert outcome.status.state == "Failed"
     failed = next(c for c in outcome.status.conditions if c.type == "Failed")
     assert failed.reason == UNSUPPORTED_REASON
-    assert "spec.multiNode asks for a LeaderWorkerSet" in failed.message
+    assert "spec.podAffinity asks for pod affinity rules" in failed.message
     assert kube.objects == {}, "nothing is applied"
     assert ("Warning", UNSUPPORTED_REASON, failed.message) in events
     body["status"] = kube.status_writes[-1]
@@ -132,10 +130,12 @@ def test_nvidia_samples_that_ask_for_what_is_not_built_are_told_so() -> None:
     """Every sample parses; the ones under advanced/, kserve/ and routers/ name what they ask for."""
     named = {path: [u.field for u in not_built(NIMServiceSpec.model_validate(spec))] for path, spec in _samples()}
     assert len(named) >= 20
+    built = ("serving/advanced/multi-node/", "serving/advanced/dra/")
     for path, fields in named.items():
         if path.startswith(("serving/advanced/", "serving/kserve/", "serving/standalone/routers/")):
-            assert fields, f"{path} asks for something not built, and nothing says so"
-    assert named["serving/advanced/multi-node/multi-node-nimservice.yaml"] == ["spec.multiNode"]
+            assert fields or path.startswith(built), f"{path} asks for something not built, and nothing says so"
+    assert named["serving/advanced/multi-node/multi-node-nimservice.yaml"] == []
+    assert named["serving/advanced/dra/manual/llm.yaml"] == []
     assert named["serving/standalone/routers/grpcroutes/llm.yaml"] == [
         "spec.expose.router.gateway",
         "spec.expose.service.grpcPort",

@@ -60,18 +60,6 @@ _Check = Callable[[NIMServiceSpec], bool]
 # (field, is it set, what it asks for, how to do without it)
 _NOT_BUILT: tuple[tuple[str, _Check, str, str], ...] = (
     (
-        "spec.multiNode",
-        lambda s: s.multi_node is not None,
-        "a LeaderWorkerSet group spanning several nodes",
-        "remove it to serve each replica on one node",
-    ),
-    (
-        "spec.draResources",
-        lambda s: bool(s.dra_resources),
-        "Dynamic Resource Allocation claims for the pods",
-        "remove it and request GPUs through resources.limits (nvidia.com/gpu) or let the profile choose",
-    ),
-    (
         "spec.inferencePlatform: kserve",
         lambda s: s.inference_platform == "kserve",
         "a KServe InferenceService",
@@ -161,6 +149,25 @@ def ignored(spec: NIMServiceSpec) -> list[Ignored]:
     if pvc is not None and pvc.annotations:
         why = "not put on the created PVC yet" if pvc.create else "the PVC is not created by the operator"
         out.append(Ignored("spec.storage.pvc.annotations", "NotApplied", why))
+    multi = spec.multi_node
+    if multi is not None and multi.ray is None:
+        out.append(
+            Ignored(
+                "spec.multiNode.mpi",
+                "NotApplied",
+                "the group gets NVIDIA's multi-node env (NIM_MULTI_NODE, NIM_NODE_RANK, CLUSTER_SIZE ...), but no "
+                "SSH key Secret, MPI hostfile or start script is created for an MPI launch: set spec.multiNode.ray "
+                "for a runtime that starts its group with Ray",
+            )
+        )
+    if multi is not None and multi.compute_domain is not None:
+        out.append(
+            Ignored(
+                "spec.multiNode.computeDomain",
+                "NotApplied",
+                "no NVLink ComputeDomain (NVIDIA's DRA driver) is created or claimed for the group yet",
+            )
+        )
     if spec.expose.service.metrics_port is not None:
         out.append(
             Ignored(

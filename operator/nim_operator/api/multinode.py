@@ -10,8 +10,20 @@ from nim_operator.api.common import Model, rules
 
 
 class Parallelism(Model):
-    pipeline: int | None = Field(default=None, ge=1, description="Pipeline parallelism: nodes per replica.")
-    tensor: int | None = Field(default=None, ge=1, description="Tensor parallelism: GPUs per node.")
+    """The group's shape, as NVIDIA's operator reads it; what is left out follows from the profile and nodes."""
+
+    pipeline: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pods (nodes) per replica. Default: as many as the chosen profile's tp x pp GPUs need at "
+        "GPUs per pod.",
+    )
+    tensor: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs per pod. Default: as many as one node of the chosen GPU product holds (a divisor of "
+        "the profile's tp x pp).",
+    )
 
 
 class MPI(Model):
@@ -37,6 +49,8 @@ class ComputeDomain(Model):
 
 
 class MultiNode(Model):
+    """Each replica is a LeaderWorkerSet group of pods on nodes of one GPU product; the leader serves."""
+
     model_config = rules(("!(has(self.mpi) && has(self.ray))", "multiNode takes mpi or ray, not both"))
 
     backend_type: Literal["lws"] = Field(default="lws", description="Group controller: a LeaderWorkerSet.")

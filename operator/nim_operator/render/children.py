@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec
+from nim_operator.group_layout import GroupLayout
 from nim_operator.placement import Placement
+from nim_operator.render import dra, lws
 from nim_operator.render.deployment import render_deployment
 from nim_operator.render.meta import Owner, child_metadata, selector_labels
 
@@ -41,13 +43,16 @@ def service_name(owner: Owner, spec: NIMServiceSpec) -> str:
 
 def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
     svc = spec.expose.service
+    selector = selector_labels(owner)
+    if spec.multi_node is not None:
+        selector[c.LABEL_ROLE] = lws.LEADER  # only a group's leader serves the API
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": child_metadata(owner, service_name(owner, spec), {**spec.labels, **svc.labels}, svc.annotations),
         "spec": {
             "type": svc.type,
-            "selector": selector_labels(owner),
+            "selector": selector,
             "ports": [{"name": c.API_PORT_NAME, "port": svc.port, "targetPort": c.API_PORT_NAME, "protocol": "TCP"}],
         },
     }
@@ -184,6 +189,27 @@ def pvc_name(owner: Owner, spec: NIMServiceSpec) -> str:
     return (pvc.name if pvc and pvc.name else None) or f"{owner.name}-pvc"
 
 
+def _workload(
+    owner: Owner,
+    spec: NIMServiceSpec,
+    placement: Placement,
+    cache: CacheMount | None,
+    surge_blocked: bool,
+    group: GroupLayout | None,
+    claims: dra.ClaimPlan,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(Deployment, LeaderWorkerSet): the one that runs the pods, the other None (to be deleted)."""
+    if group is None:
+        deployment = render_deployment(owner, spec, placement, cache, surge_blocked=surge_blocked)
+        dra.apply_to_pod(deployment["spec"]["template"]["spec"], claims, spec)
+        return deployment, None
+    group_set = lws.render_leader_worker_set(owner, spec, placement, group, cache)
+    templates = group_set["spec"]["leaderWorkerTemplate"]
+    for role in ("leaderTemplate", "workerTemplate"):
+        dra.apply_to_pod(templates[role]["spec"], claims, spec)
+    return None, group_set
+
+
 def render_children(
     owner: Owner,
     spec: NIMServiceSpec,
@@ -191,22 +217,28 @@ def render_children(
     cache: CacheMount | None = None,
     *,
     surge_blocked: bool = False,
+    group: GroupLayout | None = None,
+    claims: dra.ClaimPlan | None = None,
 ) -> list[Child]:
-    """All children in apply order (storage before the pods that mount it); ``surge_blocked`` as for
-    :func:`~nim_operator.render.deployment.rollout_strategy`."""
+    """All children in apply order (storage and claim templates before the pods that use them).
+
+    ``surge_blocked`` as for :func:`~nim_operator.render.deployment.rollout_strategy`. ``group`` (a
+    multi-node layout) makes the pods a LeaderWorkerSet's instead of a Deployment's; ``claims`` are the
+    pods' DRA claims, with the templates the operator makes for them.
+    """
+    claims = claims or dra.ClaimPlan()
     rendered: list[tuple[str, str, str, dict[str, Any] | None]] = []
     claim = render_pvc(owner, spec)
     if claim is not None:
         # Only ever applied, never rendered as a deletion: no reconcile deletes a claim that holds weights
         # (turning storage.pvc.create off, or moving to emptyDir, leaves it for the user to remove).
         rendered.append(("v1", "PersistentVolumeClaim", pvc_name(owner, spec), claim))
+    # Templates come and go by name (their spec is immutable); the reconciler prunes the ones not rendered.
+    rendered += [(dra.API_VERSION, dra.TEMPLATE_KIND, t["metadata"]["name"], t) for t in claims.templates]
+    deployment, group_set = _workload(owner, spec, placement, cache, surge_blocked, group, claims)
     rendered += [
-        (
-            "apps/v1",
-            "Deployment",
-            owner.name,
-            render_deployment(owner, spec, placement, cache, surge_blocked=surge_blocked),
-        ),
+        ("apps/v1", "Deployment", owner.name, deployment),
+        (lws.API_VERSION, lws.KIND, lws.lws_name(owner), group_set),
         ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
         ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
         ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),
