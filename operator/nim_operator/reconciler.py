@@ -561,7 +561,11 @@ class Reconciler:
                 if sticky
                 else "the spec fields it was chosen from changed"
             )
-            status.reason = f"{status.reason} (moved from {before.id}: {why})"
+            status.moved = f"from {before.id}: {why}"
+        elif before is not None and before.id == decision.profile.id:
+            status.moved = before.moved  # the last move stays explained until the next one
+        if status.moved:
+            status.reason = f"{status.reason} (moved {status.moved})"
         return decision, status
 
     def _apply_children(

@@ -347,6 +347,9 @@ class ProfileStatus(_Model):
     gpu_count: int = 0
     reason: str = ""
     rejected: list[Rejected] = Field(default_factory=list)
+    moved: str | None = Field(
+        default=None, description="Why the service last moved from another profile; kept until it moves again."
+    )
     inputs: str | None = Field(
         default=None,
         description="Hash of the spec fields the decision was made from: while they stay the same, the decision "
