@@ -7,6 +7,7 @@ write.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -145,13 +146,18 @@ def _rollout_view(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
-    """Whether our field manager's apply owns ``spec.replicas`` of this Deployment (and no one else does)."""
-    owners = [
+def _replicas_owners(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The managedFields entries that own ``spec.replicas``."""
+    return [
         entry
         for entry in deployment.get("metadata", {}).get("managedFields") or []
         if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
     ]
+
+
+def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
+    """Whether our field manager's apply owns ``spec.replicas`` of this Deployment (and no one else does)."""
+    owners = _replicas_owners(deployment)
     ours = any(e.get("manager") == c.FIELD_MANAGER and e.get("operation") == "Apply" for e in owners)
     return ours and len(owners) == 1
 
@@ -367,6 +373,7 @@ class Reconciler:
                 children = render_children(
                     owner, spec, placement, mount, surge_blocked=blocked, group=workload.group, claims=workload.claims
                 )
+                children = self._keep_replicas(owner, spec, children)
                 outcome, applied, missing = self._apply_children(owner, children)
                 spec_changed = previous is not None and previous.observed_generation != generation
                 outcome.deleted += self._prune(owner, workload, outcome, spec_changed)
@@ -655,6 +662,23 @@ class Reconciler:
             "over; it was deleted and created again from the spec",
         )
         self.kube.delete(child.api_version, child.kind, owner.namespace, child.name)
+
+    def _keep_replicas(self, owner: Owner, spec: NIMServiceSpec, children: list[Child]) -> list[Child]:
+        """Autoscaling turned off with no ``spec.replicas``: the count the autoscaler left is kept (the
+        Deployment is applied without the field, which stays with its current owner) instead of falling to
+        the default of one. A count in the spec, or a new Deployment, is applied as rendered."""
+        if spec.autoscaling or spec.replicas is not None:
+            return children
+        current = self._deployments.get((owner.namespace, owner.name))
+        if current is None or _applies_replicas(current) or not _replicas_owners(current):
+            return children
+        kept = []
+        for child in children:
+            if child.kind == "Deployment" and child.body is not None and "replicas" in child.body["spec"]:
+                body = {**child.body, "spec": {k: v for k, v in child.body["spec"].items() if k != "replicas"}}
+                child = dataclasses.replace(child, body=body)
+            kept.append(child)
+        return kept
 
     def _hand_over_replicas(self, owner: Owner, body: dict[str, Any]) -> None:
         """Before an apply that stops setting ``spec.replicas`` (autoscaling turned on), give the field to

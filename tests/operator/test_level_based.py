@@ -189,3 +189,36 @@ def test_one_replica_rolls_out_with_a_surge_pod(nim: NIM) -> None:
     wait_for(
         lambda: (d := nim.deployment("rolling")) is not None and d.spec.strategy.type == "Recreate", what="Recreate"
     )
+
+
+def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
+    """The A10G pool is one node with one GPU: the surge pod of a one-replica rollout cannot be placed, so
+    the operator replaces the pod in place rather than leave the rollout stuck forever."""
+    spec = {
+        "image": {"repository": "bench/unknown-model", "tag": "1"},
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+    }
+    nim.create("tight", spec)
+    nim.wait_state("tight", "Ready")
+    deployment = nim.deployment("tight")
+    assert deployment is not None
+    assert deployment.spec.strategy.rolling_update.max_surge == 1
+    nim.patch("tight", {"spec": {"env": [{"name": "ROLL", "value": "1"}]}})
+
+    def rolled_in_place() -> bool:
+        d = nim.deployment("tight")
+        return (
+            d is not None
+            and d.spec.strategy.rolling_update.max_surge == 0
+            and (d.status.updated_replicas or 0) >= 1
+            and (d.status.available_replicas or 0) >= 1
+        )
+
+    wait_for(rolled_in_place, timeout=90, what="the rollout to go in place and finish")
+    nim.wait_state("tight", "Ready")
+    # Once the rollout is done there is nothing blocked: the next rollout tries a surge pod again.
+    wait_for(
+        lambda: (d := nim.deployment("tight")) is not None and d.spec.strategy.rolling_update.max_surge == 1,
+        what="the default strategy to come back",
+    )

@@ -235,3 +235,17 @@ def test_turning_on_autoscaling_hands_the_replica_count_to_the_hpa_without_a_dro
     ]
     assert "nim-operator" not in owners, owners
     assert owners, owners
+    # And back: autoscaling off with no replicas in the spec keeps the count the autoscaler left.
+    nim.patch("handover", {"spec": {"scale": {"enabled": False}, "replicas": None}})
+    wait_for(
+        lambda: client.AutoscalingV2Api(nim.api).list_namespaced_horizontal_pod_autoscaler(nim.namespace).items == [],
+        what="the HPA to be deleted",
+    )
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        deployment = nim.deployment("handover")
+        assert deployment is not None
+        seen.append(deployment.spec.replicas)
+        time.sleep(0.2)
+    assert set(seen) == {3}, seen
