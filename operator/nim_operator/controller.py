@@ -18,6 +18,7 @@ from kubernetes import client
 from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.cache_reconciler import CacheReconciler, cache_of
+from nim_operator.integrations import IngressClasses
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
 from nim_operator.render import lws
@@ -54,6 +55,7 @@ class Controller:
         self._guard = threading.Lock()
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.cache_bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._ingress_classes: dict[str, dict[str, Any]] = {}
         self._workers = Workers(self.queue, self._process, count=workers, on_error=self._failed)
         self._resync = Resync(self.queue, self._all_keys, period=resync_seconds)
 
@@ -215,6 +217,23 @@ class Controller:
         for key, body in services:
             if missing_api(self.reconciler.last_status(body)):
                 self._queue(Key(c.KIND, *key), "crd")
+
+    def ingress_class_event(self, event: str | None, obj: Mapping[str, Any]) -> None:
+        """An IngressClass came, went or changed its default mark: every service re-checks its Ingress (a
+        rare event; most services have no Ingress and their reconcile writes nothing)."""
+        name = str((obj.get("metadata") or {}).get("name"))
+        with self._guard:
+            if event == "DELETED":
+                self._ingress_classes.pop(name, None)
+            else:
+                self._ingress_classes[name] = dict(obj)
+            classes = IngressClasses.of(self._ingress_classes.values())
+            if classes == self.reconciler.ingress_classes:
+                return  # the start-up listing already knew it
+            self.reconciler.ingress_classes = classes
+            services = list(self.services)
+        for key in services:
+            self._queue(Key(c.KIND, *key), "ingressclass")
 
     # --- work ---------------------------------------------------------------------------------------
 

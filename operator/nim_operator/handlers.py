@@ -17,6 +17,7 @@ import kopf
 from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
 from nim_operator.controller import Controller
+from nim_operator.integrations import IngressClasses
 from nim_operator.kube import PLURALS, Kube, api_client
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
@@ -78,6 +79,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Before any reconcile, so that services on DRA-only nodes are not first placed without them.
     for resource_slice in kube.list_resource_slices():
         reconciler.dra.slice_seen(resource_slice)
+    classes = kube.list_ingress_classes()
+    if classes is not None:
+        reconciler.ingress_classes = IngressClasses.of(classes)
     # Before any reconcile: what was applied before a restart, so nothing is re-applied.
 
     def seen(obj: dict[str, Any]) -> None:
@@ -149,6 +153,11 @@ def pod(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 def crd(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).crd_event(type, dict(body))
+
+
+@kopf.on.event("networking.k8s.io", "v1", "ingressclasses")
+def ingress_class(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).ingress_class_event(type, dict(body))
 
 
 @kopf.on.event("", "v1", "nodes")

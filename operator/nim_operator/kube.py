@@ -369,6 +369,17 @@ class Kube:
             raise
         return items
 
+    def list_ingress_classes(self) -> list[dict[str, Any]] | None:
+        """Every IngressClass, or None when they are not ours to read (then Ingresses go unchecked)."""
+        metrics.API_READS.labels("IngressClass").inc()
+        try:
+            items: list[dict[str, Any]] = self.request("GET", "/apis/networking.k8s.io/v1/ingressclasses")["items"]
+        except client.ApiException as err:
+            if err.status in (403, 404):
+                return None
+            raise
+        return items
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         metrics.API_READS.labels("ConfigMap").inc()
         config_map = self._get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")

@@ -27,6 +27,7 @@ from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, P
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount
 from nim_operator.dra_inventory import DraInventory
+from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
 from nim_operator.placement import Placement, decide, manifest_for, placement_inputs, placement_of, profile_status
 from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
@@ -211,6 +212,8 @@ class Reconciler:
         # keep a decision made for their product: maintenance is not removal).
         self.nodes: dict[str, NodeGpuFacts] = {}
         self.cordoned: dict[str, NodeGpuFacts] = {}
+        # The cluster's IngressClasses from their watch; None while unknown (not listable): then unchecked.
+        self.ingress_classes: IngressClasses | None = None
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         # The status last written per NIMService uid. Events of children can hand us a body older than our
         # own last write; comparing against it would repeat writes and miss a refusal just reported.
@@ -375,6 +378,7 @@ class Reconciler:
                 )
                 children = self._keep_replicas(owner, spec, children)
                 outcome, applied, missing = self._apply_children(owner, children)
+                missing += ingress_problems([ch.body for ch in children if ch.body], self.ingress_classes)
                 spec_changed = previous is not None and previous.observed_generation != generation
                 outcome.deleted += self._prune(owner, workload, outcome, spec_changed)
             else:

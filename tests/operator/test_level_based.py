@@ -222,3 +222,24 @@ def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
         lambda: (d := nim.deployment("tight")) is not None and d.spec.strategy.rolling_update.max_surge == 1,
         what="the default strategy to come back",
     )
+
+
+def test_an_ingress_nothing_routes_degrades_until_its_class_appears(nim: NIM) -> None:
+    net = client.NetworkingV1Api(nim.api)
+    name = f"nim-test-{nim.namespace}"
+    ingress = {"enabled": True, "spec": {"ingressClassName": name}}
+    nim.create("routed", {**SMOL, "expose": {"ingress": ingress}})
+    status = nim.wait_state("routed", "Ready")
+    degraded = _condition(status, "Degraded")
+    assert degraded is not None
+    assert f"names IngressClass {name}, which the cluster does not have" in degraded["message"]
+    net.create_ingress_class(
+        client.V1IngressClass(
+            metadata=client.V1ObjectMeta(name=name), spec=client.V1IngressClassSpec(controller="x.io/c")
+        )
+    )
+    try:
+        wait_for(lambda: _condition(nim.status("routed"), "Degraded") is None, what="Degraded to clear")
+    finally:
+        net.delete_ingress_class(name)
+    wait_for(lambda: _condition(nim.status("routed"), "Degraded") is not None, what="Degraded to come back")

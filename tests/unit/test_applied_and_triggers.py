@@ -7,6 +7,7 @@ from typing import Any
 from nim_operator import constants as c
 from nim_operator.api.spec import Condition, NIMServiceStatus, ProfileStatus
 from nim_operator.applied import AppliedState, key_of
+from nim_operator.integrations import DEFAULT_CLASS_ANNOTATION, IngressClasses, ingress_problems
 from nim_operator.triggers import node_change_affects, owner_of, spec_level_change
 from nim_runtime.profiles import NodeGpuFacts
 
@@ -123,3 +124,22 @@ def test_cpu_profiles_are_affected_by_nodes_without_gpus() -> None:
     cpu = NIMServiceStatus(state="Ready", profile=ProfileStatus(id="cpu", tags={"device": "cpu"}))
     assert node_change_affects(cpu, NodeGpuFacts("cpu-0"), None)
     assert not node_change_affects(cpu, None, L40S)
+
+
+def _ingress(name: str, class_name: str | None = None, legacy: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "annotations": {"kubernetes.io/ingress.class": legacy} if legacy else {}}
+    spec = {"ingressClassName": class_name} if class_name else {}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
+
+
+def test_an_ingress_no_class_routes_is_named_with_the_fix() -> None:
+    nginx = {"metadata": {"name": "nginx", "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}}}
+    classes = IngressClasses.of([nginx, {"metadata": {"name": "traefik"}}])
+    assert ingress_problems([_ingress("a", "nginx"), _ingress("b"), _ingress("c", legacy="traefik")], classes) == []
+    [problem] = ingress_problems([_ingress("a", "haproxy")], classes)
+    assert "IngressClass haproxy" in problem
+    assert "nginx, traefik" in problem
+    no_default = IngressClasses.of([{"metadata": {"name": "traefik"}}])
+    [problem] = ingress_problems([_ingress("b")], no_default)
+    assert "names no IngressClass" in problem
+    assert ingress_problems([_ingress("a", "haproxy")], None) == [], "unknown classes: nothing is claimed"
