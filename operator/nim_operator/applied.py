@@ -134,6 +134,18 @@ class AppliedState:
             self._listed.add((api_version, kind))
         return count
 
+    def owned(self, owner_uid: str, api_version: str, kind: str, namespace: str) -> list[str] | None:
+        """Names of the existing children of this kind that ``owner_uid`` controls; None when the kind was
+        never listed in full (then only a LIST can tell)."""
+        with self._lock:
+            if (api_version, kind) not in self._listed:
+                return None
+            return sorted(
+                key[3]
+                for key, entry in self._entries.items()
+                if key[:3] == (api_version, kind, namespace) and entry.owner == owner_uid and entry.exists
+            )
+
     def prune_owner(self, owner_uid: str) -> None:
         """Drop every entry of a deleted owner (its children go with it: garbage collection)."""
         with self._lock:

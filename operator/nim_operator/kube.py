@@ -303,19 +303,27 @@ class Kube:
     def delete_owned_except(
         self, api_version: str, kind: str, namespace: str, owner_uid: str, selector: str, keep: set[str]
     ) -> list[str]:
-        """Delete the children of this kind that this NIMService controls and that are not in ``keep``
-        (one LIST by label); their names. For children whose names change with their spec."""
-        metrics.API_READS.labels(kind).inc()
-        path = resource_path(api_version, kind, namespace)
-        items = self.request("GET", path, query=[("labelSelector", selector)])["items"]
+        """Delete the children of this kind that this NIMService controls and that are not in ``keep``;
+        their names. For children whose names change with their spec. Known from the watch where the kind
+        is listed in full (no request when there is nothing to delete), else found by one LIST by label."""
+        names = self.applied.owned(owner_uid, api_version, kind, namespace)
+        if names is None:
+            metrics.API_READS.labels(kind).inc()
+            path = resource_path(api_version, kind, namespace)
+            items = self.request("GET", path, query=[("labelSelector", selector)])["items"]
+            names = [
+                item["metadata"]["name"]
+                for item in items
+                if any(
+                    r.get("uid") == owner_uid and r.get("controller")
+                    for r in item["metadata"].get("ownerReferences") or []
+                )
+            ]
         deleted = []
-        for item in items:
-            meta = item["metadata"]
-            refs = meta.get("ownerReferences") or []
-            if meta["name"] in keep or not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
-                continue
-            self.delete(api_version, kind, namespace, meta["name"])
-            deleted.append(meta["name"])
+        for name in names:
+            if name not in keep:
+                self.delete(api_version, kind, namespace, name)
+                deleted.append(name)
         return deleted
 
     def warm(
