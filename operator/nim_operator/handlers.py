@@ -59,6 +59,14 @@ def _with_kind(body: kopf.Body, api_version: str, kind: str) -> dict[str, Any]:
     return obj
 
 
+def select_our_objects(settings: kopf.OperatorSettings) -> None:
+    """Ask the API server for our children and pods only (a label selector on each watch): kopf's handler
+    filters alone would still receive, decode and drop every Deployment and pod of the cluster."""
+    for api_version, kind in CHILD_KINDS:
+        settings.watching.label_selectors[api_version, PLURALS[api_version, kind]] = OURS
+    settings.watching.label_selectors["v1", "pods"] = OURS
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our Events are posted by the reconcilers themselves
@@ -67,9 +75,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.connect_timeout = 5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    for api_version, kind in CHILD_KINDS:
-        settings.watching.label_selectors[api_version, PLURALS[api_version, kind]] = OURS
-    settings.watching.label_selectors["v1", "pods"] = OURS
+    select_our_objects(settings)
 
     kube = Kube(api_client(os.environ.get("KUBECONFIG")))
     reconciler = Reconciler(kube, kube.post_event)
