@@ -18,6 +18,7 @@ from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
 from nim_operator.controller import Controller
 from nim_operator.integrations import IngressClasses
+from nim_operator.kopf_watch import tolerate_vanishing_resources
 from nim_operator.kube import PLURALS, Kube, api_client
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
@@ -75,6 +76,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.connect_timeout = 5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    tolerate_vanishing_resources()
     select_our_objects(settings)
 
     kube = Kube(api_client(os.environ.get("KUBECONFIG")))
