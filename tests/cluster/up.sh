@@ -16,7 +16,7 @@ LOGS=$STATE/logs
 PIDS=$STATE/pids
 KUBECONFIG_OUT=$STATE/kubeconfig
 SERVER=https://127.0.0.1:$APISERVER_PORT
-COMPONENTS=(etcd apiserver controller-manager scheduler kwok lws-controller)
+COMPONENTS=(etcd apiserver controller-manager scheduler kwok lws-controller karpenter)
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
 done
@@ -24,6 +24,7 @@ if ((REAL_NODE_COUNT > 0)); then
     COMPONENTS+=(coredns local-path-provisioner)
 fi
 NODE_IMAGES_DIR=$(node_images_dir)
+KARPENTER_DIR=$(karpenter_dir)
 
 readyz() {
     curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
@@ -53,7 +54,8 @@ t0=$EPOCHREALTIME
 
 BIN=$(bin_dir)
 ADDONS=$(addons_dir)
-if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR || ! -x $ADDONS/coredns ]]; then
+if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR || ! -x $ADDONS/coredns ||
+    ! -x $KARPENTER_DIR/bin/karpenter ]]; then
     "$CLUSTER_DIR/build.sh"
 fi
 CP=$BIN/k8s-control-plane
@@ -65,7 +67,8 @@ if [[ -z $KUBECTL ]]; then
     exit 1
 fi
 
-for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT"; do
+for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT" \
+    "$KARPENTER_METRICS_PORT" "$KARPENTER_HEALTH_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; set NIM_CLUSTER_*_PORT to move the cluster" >&2
         exit 1
@@ -232,11 +235,14 @@ start scheduler "$CP" scheduler \
     --authorization-kubeconfig="$PKI/scheduler.kubeconfig" \
     --secure-port=0 \
     --leader-elect=false
-# kwok manages only the nodes from nodes.yaml (annotation), so a real node
-# joining this cluster would be left alone.
+# kwok manages only the nodes from nodes.yaml and those Karpenter's kwok provider creates (both carry the
+# annotation), so a real node joining this cluster would be left alone. The second config plays GPU
+# Feature Discovery on Karpenter's nodes (generated from the instance-type catalogue).
+python3 "$CLUSTER_DIR/karpenter/catalogue.py" stage >"$STATE/gfd-stage.yaml"
 start kwok "$BIN/kwok" \
     --kubeconfig="$PKI/admin.kubeconfig" \
     --config="$CLUSTER_DIR/kwok-stages.yaml" \
+    --config="$STATE/gfd-stage.yaml" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds=40 \
@@ -302,6 +308,26 @@ EOF
 lws_up >"$LOGS/lws-up.log" 2>&1 &
 lws_up_pid=$!
 dra_up
+
+# Karpenter (kwok provider) beside the static pools: its CRDs from its module (build.sh copied them), the
+# GPU NodePools at zero nodes, and the operator's GPU catalogue for the instance types the pools name.
+karpenter_up() {
+    local t=$EPOCHREALTIME
+    wait_for "Karpenter's CRDs" 30 k apply --server-side -f "$KARPENTER_DIR/crds/"
+    wait_for "Karpenter's CRDs to be established" 30 \
+        k wait --for=condition=Established --timeout=2s crd/nodepools.karpenter.sh crd/nodeclaims.karpenter.sh \
+        crd/kwoknodeclasses.karpenter.kwok.sh
+    python3 "$CLUSTER_DIR/karpenter/catalogue.py" configmap default | k apply -f - >/dev/null
+    wait_for "NodePools" 30 k apply -f "$CLUSTER_DIR/karpenter/nodepools.yaml"
+    KUBECONFIG="$PKI/admin.kubeconfig" \
+        INSTANCE_TYPES_FILE_PATH="$CLUSTER_DIR/karpenter/instance-types.json" \
+        METRICS_PORT="$KARPENTER_METRICS_PORT" HEALTH_PROBE_PORT="$KARPENTER_HEALTH_PORT" \
+        DISABLE_LEADER_ELECTION=true LOG_LEVEL=info \
+        start karpenter "$KARPENTER_DIR/bin/karpenter"
+    wait_for "Karpenter ready" 60 curl -sf --max-time 2 "http://127.0.0.1:$KARPENTER_HEALTH_PORT/readyz"
+    awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN { printf "Karpenter up in %.1fs\n", b - a }'
+}
+karpenter_up
 
 # The node lifecycle controller removes its not-ready taints a moment after
 # Ready; until then the scheduler would back off pods for up to 10 s.
