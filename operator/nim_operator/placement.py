@@ -158,6 +158,7 @@ def decide(
     *,
     previous: str | None,
     capacity: Sequence[ScaleUpOption] = (),
+    previous_pools: Sequence[str] | None = None,
 ) -> ProfileDecision:
     """Select a profile for this spec, now or after a scale-up. Raises ``ProfileError`` when none fits."""
     return select_profile(
@@ -168,7 +169,17 @@ def decide(
         previous=previous,
         capacity=capacity,
         context_cap=context_cap(spec),
+        previous_pools=previous_pools,
     )
+
+
+def kept_pools(before: ProfileStatus | None) -> list[str] | None:
+    """The pools a sticky decision keeps steering to: those it had while its pods could run (Now, or
+    waiting for GPUs other pods hold), so a NodePool added later does not roll running pods. A decision
+    still waiting for a scale-up takes every pool that fits: its pods are Pending anyway."""
+    if before is None or before.placement not in ("Now", "WhenGPUsFree"):
+        return None
+    return list(before.node_pools)
 
 
 def pool_terms(decision: ProfileDecision) -> tuple[tuple[tuple[str, str, tuple[str, ...]], ...], ...]:

@@ -34,6 +34,7 @@ from nim_operator.kube import ChildRejected, KindNotServed, Kube
 from nim_operator.placement import (
     Placement,
     decide,
+    kept_pools,
     manifest_for,
     placement_inputs,
     placement_of,
@@ -571,7 +572,9 @@ class Reconciler:
                 everywhere, pools = self.capacity.for_service(
                     key, selection_view(spec, nodes + list(self.cordoned.values())), tolerations
                 )
-                kept = decide(spec, manifest, everywhere, previous=sticky, capacity=pools)
+                kept = decide(
+                    spec, manifest, everywhere, previous=sticky, capacity=pools, previous_pools=kept_pools(before)
+                )
                 decision = kept if kept.profile.id == sticky else None
             if decision is None:
                 fresh, pools = self.capacity.for_service(key, schedulable, tolerations)

@@ -237,3 +237,17 @@ def test_a_profile_context_cap_sizes_the_kv_cache_and_reaches_the_engine(tmp_pat
     plan = ServingPlan(manifest=capped, profile=decision.profile, served_names=("llama",), source="hf://x")
     argv = engine_argv(plan, RuntimeConfig(), tmp_path)
     assert argv[argv.index("--max-model-len") + 1] == "16384"
+
+
+def test_a_pool_added_later_does_not_rewrite_a_running_service() -> None:
+    smol = find_manifest("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert smol is not None
+    first = select_profile(smol, [L40S], capacity=[H100_POOL])
+    status = profile_status(first)
+    assert (status.placement, status.node_pools) == ("Now", ["NodePool gpu-h100"])
+    later = select_profile(
+        smol, [L40S], capacity=[H100_POOL, A100_POOL], previous=first.profile.id, previous_pools=status.node_pools
+    )
+    assert (later.pools, later.gpu_products) == (first.pools, first.gpu_products)
+    # A new service (no earlier decision) may use the new pool.
+    assert A100_POOL in select_profile(smol, [L40S], capacity=[H100_POOL, A100_POOL]).pools

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -241,6 +241,7 @@ def select_profile(
     previous: str | None = None,
     capacity: Sequence[ScaleUpOption] = (),
     context_cap: int | None = None,
+    previous_pools: Collection[str] | None = None,
 ) -> ProfileDecision:
     """Choose the profile to run, deterministically, with a reason for every profile.
 
@@ -249,12 +250,15 @@ def select_profile(
     even when nothing can run it yet. ``previous`` is kept while it is still feasible, so a node joining
     or GPUs freeing up does not flip a running service to another profile. A selector that pins GPU
     products keeps profiles nothing offers yet, for a cluster autoscaler this operator cannot read.
-    ``context_cap`` (the user's NIM_MAX_MODEL_LEN) sizes the KV cache. Raises :class:`ProfileError` when
-    nothing fits now or after a scale-up, listing what each profile lacked.
+    ``context_cap`` (the user's NIM_MAX_MODEL_LEN) sizes the KV cache. ``previous_pools`` (labels) limits
+    the pools of a kept decision to those it had, so a NodePool added later does not rewrite the pods of
+    a running service. Raises :class:`ProfileError` when nothing fits now or after a scale-up, listing
+    what each profile lacked.
     """
     selector = selector or ProfileSelector()
     if pinned is not None:
-        return _pinned_decision(manifest, nodes, pinned, selector, capacity, context_cap)
+        kept_pools = previous_pools if pinned == previous else None
+        return _pinned_decision(manifest, nodes, pinned, selector, capacity, context_cap, kept_pools)
 
     rejected: list[Rejection] = []
     feasible: list[tuple[Profile, Availability, _Where]] = []
@@ -279,6 +283,8 @@ def select_profile(
     feasible.sort(key=lambda entry: _rank(entry[0], entry[1]))
     kept = next((e for e in feasible if e[0].id == previous), None)
     chosen, availability, where = kept or feasible[0]
+    if kept is not None:
+        where = _keep_pools(where, previous_pools)
     for profile, _, _ in feasible:
         if profile.id != chosen.id:
             rejected.append(Rejection(profile.id, f"feasible, ranked below {chosen.id}"))
@@ -307,6 +313,13 @@ def select_profile(
     )
 
 
+def _keep_pools(where: _Where, labels: Collection[str] | None) -> _Where:
+    """Steer only to the pools named (a kept decision's own), so pools added later rewrite no pods."""
+    if labels is None:
+        return where
+    return replace(where, steer=tuple(p for p in where.steer if p.label in labels))
+
+
 def _pinned_decision(
     manifest: ModelManifest,
     nodes: Sequence[NodeGpuFacts],
@@ -314,6 +327,7 @@ def _pinned_decision(
     selector: ProfileSelector,
     capacity: Sequence[ScaleUpOption],
     context_cap: int | None,
+    kept_pools: Collection[str] | None,
 ) -> ProfileDecision:
     profile = manifest.profile(pinned)
     if profile is None:
@@ -323,6 +337,7 @@ def _pinned_decision(
         )
     where = _where(manifest, profile, nodes, capacity, selector, context_cap)
     availability = _availability(where, profile, selector) or "waiting"
+    where = _keep_pools(where, kept_pools)
     reason = f"{profile.id}: pinned by spec.profile"
     if availability == "scale-up":
         reason += f"; after scale-up via {_pools_text(where.pools)}"
