@@ -137,7 +137,9 @@ def test_a100_service_scales_up_exactly_and_back_down(
     assert all(p.metadata.annotations.get("karpenter.sh/do-not-disrupt") == "true" for p in pods)
 
     nim.delete("a100")
+    started = time.monotonic()
     _wait_pool_empty(core, "gpu-a100")
+    print(f"delete -> Karpenter removed the nodes: {time.monotonic() - started:.1f} s (consolidateAfter 10 s)")
 
 
 def test_hpa_scale_out_gets_a_new_gpu_node(nim: NIM, clean_a100: client.CoreV1Api) -> None:
@@ -152,12 +154,14 @@ def test_hpa_scale_out_gets_a_new_gpu_node(nim: NIM, clean_a100: client.CoreV1Ap
     nim.wait_state("hpa", "Ready", timeout=SCALE_TIMEOUT)
     assert len(_pool_nodes(core, "gpu-a100")) == 1
     # As a user would: the HPA's floor rises, the HPA scales the Deployment, the new pod needs a node.
+    started = time.monotonic()
     nim.patch("hpa", {"spec": {"scale": {"hpa": {"minReplicas": 2}}}})
     wait_for(
         lambda: nim.status("hpa").get("availableReplicas") == 2,
         timeout=SCALE_TIMEOUT,
         what="the second replica on a new node",
     )
+    print(f"\nHPA scale-out to a new GPU node: {time.monotonic() - started:.1f} s to two available replicas")
     assert len(_pool_nodes(core, "gpu-a100")) == 2
     nim.delete("hpa")
     _wait_pool_empty(core, "gpu-a100")
