@@ -77,11 +77,13 @@ class ClusterCapacity:
                 query=[("fieldSelector", "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")],
             )["items"]
         except client.ApiException as err:
+            # Free GPUs only inform a decision: a failed list must not fail the reconcile that asked.
             if err.status == 403:
                 self._usage_denied = True
                 log.info("may not list pods cluster-wide: free GPUs are taken to be all allocatable ones")
-                return
-            raise
+            else:
+                log.warning("cannot list pods for free GPUs (%s): the last list is used", err.reason)
+            return
         self.usage.replace(items)
 
     def pool_seen(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> bool:
