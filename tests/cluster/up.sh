@@ -9,6 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$CLUSTER_DIR/real-nodes.sh"
 source "$CLUSTER_DIR/lws.sh"
+source "$CLUSTER_DIR/karpenter.sh"
 source "$CLUSTER_DIR/dra.sh"
 
 PKI=$STATE/pki
@@ -252,6 +253,9 @@ start kwok "$BIN/kwok" \
 cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
 k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
 lws_crds_start
+# Karpenter (karpenter.sh) comes up in the background from here on, while nodes register and taints clear.
+karpenter_up >"$LOGS/karpenter-up.log" 2>&1 &
+karpenter_up_pid=$!
 wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
 ((REAL_NODE_COUNT == 0)) || nodes_up
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
@@ -309,25 +313,6 @@ lws_up >"$LOGS/lws-up.log" 2>&1 &
 lws_up_pid=$!
 dra_up
 
-# Karpenter (kwok provider) beside the static pools: its CRDs from its module (build.sh copied them), the
-# GPU NodePools at zero nodes, and the operator's GPU catalogue for the instance types the pools name.
-karpenter_up() {
-    local t=$EPOCHREALTIME
-    wait_for "Karpenter's CRDs" 30 k apply --server-side -f "$KARPENTER_DIR/crds/"
-    wait_for "Karpenter's CRDs to be established" 30 \
-        k wait --for=condition=Established --timeout=2s crd/nodepools.karpenter.sh crd/nodeclaims.karpenter.sh \
-        crd/kwoknodeclasses.karpenter.kwok.sh
-    python3 "$CLUSTER_DIR/karpenter/catalogue.py" configmap default | k apply -f - >/dev/null
-    wait_for "NodePools" 30 k apply -f "$CLUSTER_DIR/karpenter/nodepools.yaml"
-    KUBECONFIG="$PKI/admin.kubeconfig" \
-        INSTANCE_TYPES_FILE_PATH="$CLUSTER_DIR/karpenter/instance-types.json" \
-        METRICS_PORT="$KARPENTER_METRICS_PORT" HEALTH_PROBE_PORT="$KARPENTER_HEALTH_PORT" \
-        DISABLE_LEADER_ELECTION=true LOG_LEVEL=info \
-        start karpenter "$KARPENTER_DIR/bin/karpenter"
-    wait_for "Karpenter ready" 60 curl -sf --max-time 2 "http://127.0.0.1:$KARPENTER_HEALTH_PORT/readyz"
-    awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN { printf "Karpenter up in %.1fs\n", b - a }'
-}
-karpenter_up
 
 # The node lifecycle controller removes its not-ready taints a moment after
 # Ready; until then the scheduler would back off pods for up to 10 s.
@@ -338,6 +323,7 @@ no_condition_taints() {
 }
 wait_for "not-ready taints to clear" 60 no_condition_taints
 lws_wait "$lws_up_pid"
+karpenter_wait "$karpenter_up_pid"
 
 awk -v a="$t0" -v b="$EPOCHREALTIME" -v k="$KUBECONFIG_OUT" \
     'BEGIN { printf "cluster ready in %.1fs; kubeconfig: %s\n", b - a, k }'
