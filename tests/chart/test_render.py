@@ -88,6 +88,7 @@ def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> Non
         "namespaces",
         "resourceslices",
         "deviceclasses",
+        "ingressclasses",
         "nodepools",
         "machinedeployments",
     }
