@@ -177,6 +177,14 @@ class Controller:
         for key in keys:
             self.queue.add(Key(c.KIND, *key))
 
+    def capacity_changed(self) -> None:
+        """An autoscaler pool changed what it can add (its shapes, limits, taints): any service may place
+        differently, and one that fit nowhere may fit now. Pools change rarely; all services are queued."""
+        with self._guard:
+            keys = list(self.services)
+        for key in keys:
+            self.queue.add(Key(c.KIND, *key))
+
     def cache_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         """Keep the NIMCache's body and queue it; a cache whose state changed re-runs the services mounting it."""
         meta = body.get("metadata") or {}

@@ -16,6 +16,7 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
+from nim_operator.cluster_capacity import POOL_KINDS
 from nim_operator.controller import Controller
 from nim_operator.integrations import IngressClasses
 from nim_operator.kopf_watch import tolerate_vanishing_resources
@@ -90,6 +91,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     classes = kube.list_ingress_classes()
     if classes is not None:
         reconciler.ingress_classes = IngressClasses.of(classes)
+    reconciler.capacity.prime()  # autoscaler pools, before the first decision counts on them
     # Before any reconcile: what was applied before a restart, so nothing is re-applied.
 
     def seen(obj: dict[str, Any]) -> None:
@@ -177,3 +179,21 @@ def node(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
 def resource_slice(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """GPUs offered through DRA are placement facts, like node labels."""
     _controller(memo).slice_event(type, dict(body))
+
+
+# Capacity that may exist: Karpenter NodePools and Cluster API node groups (kopf serves these only where
+# their CRDs exist). A change that placement reads re-queues the services.
+@kopf.on.event(*POOL_KINDS["NodePool"])
+def nodepool(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _pool_event(memo, "NodePool", body, type)
+
+
+@kopf.on.event(*POOL_KINDS["MachineDeployment"])
+def node_group(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _pool_event(memo, "MachineDeployment", body, type)
+
+
+def _pool_event(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None) -> None:
+    reconciler: Reconciler = memo["reconciler"]
+    if reconciler.capacity.pool_seen(kind, dict(body), deleted=type == "DELETED"):
+        _controller(memo).capacity_changed()

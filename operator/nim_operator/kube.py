@@ -388,6 +388,18 @@ class Kube:
             raise
         return items
 
+    def list_optional(self, group: str, plural: str) -> list[dict[str, Any]]:
+        """Every object of a kind another project defines (served version), or none when it is not served
+        or not ours to list."""
+        metrics.API_READS.labels(plural).inc()
+        try:
+            found = self.request("GET", f"/apis/{group}")
+            version = (found.get("preferredVersion") or {}).get("version")
+            items: list[dict[str, Any]] = self.request("GET", f"/apis/{group}/{version}/{plural}")["items"]
+        except client.ApiException:
+            return []
+        return items
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         metrics.API_READS.labels("ConfigMap").inc()
         config_map = self._get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")

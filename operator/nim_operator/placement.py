@@ -1,12 +1,17 @@
-"""From cluster facts and a NIMService spec to where and how its pods run. Pure: no API calls."""
+"""From cluster facts and a NIMService spec to where and how its pods run. Pure: no API calls.
+
+Facts are the nodes now (GFD labels, allocatable and free GPUs) and what autoscalers may add
+(:mod:`nim_operator.capacity`); the decision says which, and rendering turns it into node affinity that
+both the scheduler and the provisioner understand.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec, ProfileStatus, Rejected
@@ -16,8 +21,10 @@ from nim_runtime.profiles import (
     Profile,
     ProfileDecision,
     ProfileSelector,
+    ScaleUpOption,
     find_manifest,
     find_manifest_for_image,
+    pool_order,
     select_profile,
 )
 
@@ -45,12 +52,17 @@ def node_facts(node: Mapping[str, Any]) -> NodeGpuFacts:
     gpus = _int(allocatable.get(c.GPU_RESOURCE))
     if gpus is None:
         gpus = _int(labels.get(c.GPU_COUNT_LABEL)) or 0
+    major, minor = _int(labels.get(c.GPU_COMPUTE_MAJOR_LABEL)), _int(labels.get(c.GPU_COMPUTE_MINOR_LABEL))
+    product = labels.get(c.GPU_PRODUCT_LABEL)
     return NodeGpuFacts(
         name=node["metadata"]["name"],
-        product=labels.get(c.GPU_PRODUCT_LABEL),
+        product=product,
         gpus=gpus,
         memory_mib=_int(labels.get(c.GPU_MEMORY_LABEL)),
         family=labels.get(c.GPU_FAMILY_LABEL),
+        compute=(major, minor or 0) if major is not None else None,
+        replicas=max(_int(labels.get(c.GPU_REPLICAS_LABEL)) or 1, 1),
+        mig=labels.get(c.MIG_STRATEGY_LABEL) == "single" or "-MIG-" in (product or ""),
     )
 
 
@@ -77,6 +89,22 @@ def selector_of(spec: NIMServiceSpec) -> ProfileSelector:
     )
 
 
+def pod_tolerations(spec: NIMServiceSpec) -> list[dict[str, Any]]:
+    """The tolerations a GPU pod of this spec gets: the user's, and the GPU taint's unless they name it."""
+    tolerations = [dict(t) for t in spec.tolerations]
+    if not any(t.get("key") == c.GPU_TAINT_KEY for t in tolerations):
+        tolerations.append(dict(c.GPU_TOLERATION))
+    return tolerations
+
+
+def context_cap(spec: NIMServiceSpec) -> int | None:
+    """The user's NIM_MAX_MODEL_LEN (a plain value in spec.env), which caps the KV cache to size."""
+    for entry in spec.env:
+        if entry.get("name") == c.ENV_MAX_MODEL_LEN:
+            return _int(entry.get("value"))
+    return None
+
+
 @dataclass(frozen=True)
 class Placement:
     """What rendering needs to know about the decision."""
@@ -84,6 +112,9 @@ class Placement:
     profile: Profile | None
     gpu_products: tuple[str, ...] = ()
     served_model_name: str | None = None
+    #: Node-selector terms (each a tuple of (key, operator, values)) the provisioner understands, one per
+    #: pool shape that can run the profile; ORed with the GFD product term.
+    pool_terms: tuple[tuple[tuple[str, str, tuple[str, ...]], ...], ...] = ()
 
     @property
     def gpus(self) -> int:
@@ -126,9 +157,42 @@ def decide(
     nodes: list[NodeGpuFacts],
     *,
     previous: str | None,
+    capacity: Sequence[ScaleUpOption] = (),
+    previous_pools: Sequence[str] | None = None,
 ) -> ProfileDecision:
-    """Select a profile for this spec. Raises ``ProfileError`` when none fits."""
-    return select_profile(manifest, nodes, selector=selector_of(spec), pinned=spec.profile, previous=previous)
+    """Select a profile for this spec, now or after a scale-up. Raises ``ProfileError`` when none fits."""
+    return select_profile(
+        manifest,
+        nodes,
+        selector=selector_of(spec),
+        pinned=spec.profile,
+        previous=previous,
+        capacity=capacity,
+        context_cap=context_cap(spec),
+        previous_pools=previous_pools,
+    )
+
+
+def kept_pools(before: ProfileStatus | None) -> list[str] | None:
+    """The pools a sticky decision keeps steering to: those it had while its pods could run (Now, or
+    waiting for GPUs other pods hold), so a NodePool added later does not roll running pods. A decision
+    still waiting for a scale-up takes every pool that fits: its pods are Pending anyway."""
+    if before is None or before.placement not in ("Now", "WhenGPUsFree"):
+        return None
+    return list(before.node_pools)
+
+
+def pool_terms(decision: ProfileDecision) -> tuple[tuple[tuple[str, str, tuple[str, ...]], ...], ...]:
+    """One affinity term per distinct pool shape that can run the decision, smallest node first.
+
+    Karpenter provisions for the first term and falls back to the next only when it cannot: the smallest
+    shape that fits (fewest GPUs, then least memory per GPU) is the cheapest way to add a replica.
+    """
+    ordered = sorted(
+        (o for o in decision.pools if o.requirements),
+        key=lambda o: (o.gpus, o.memory_mib or 0, o.requirements),
+    )
+    return tuple(dict.fromkeys(o.requirements for o in ordered))
 
 
 def placement_of(spec: NIMServiceSpec, manifest: ModelManifest | None, decision: ProfileDecision | None) -> Placement:
@@ -137,7 +201,16 @@ def placement_of(spec: NIMServiceSpec, manifest: ModelManifest | None, decision:
     )
     if decision is None:
         return Placement(profile=None, served_model_name=served)
-    return Placement(decision.profile, decision.gpu_products, served)
+    return Placement(decision.profile, decision.gpu_products, served, pool_terms(decision))
+
+
+#: Status words for where a decision runs.
+PLACEMENT: dict[str, Literal["Now", "AfterScaleUp", "WhenGPUsFree", "Waiting"]] = {
+    "now": "Now",
+    "scale-up": "AfterScaleUp",
+    "busy": "WhenGPUsFree",
+    "waiting": "Waiting",
+}
 
 
 def profile_status(decision: ProfileDecision | None, *, unmanaged_reason: str = "") -> ProfileStatus:
@@ -149,5 +222,7 @@ def profile_status(decision: ProfileDecision | None, *, unmanaged_reason: str = 
         gpu_products=list(decision.gpu_products),
         gpu_count=decision.profile.gpus,
         reason=decision.reason,
+        placement=PLACEMENT[decision.availability],
+        node_pools=pool_order(decision.pools),
         rejected=[Rejected(id=r.id, why=r.why) for r in decision.rejected],
     )

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +27,20 @@ from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount
+from nim_operator.cluster_capacity import ClusterCapacity
 from nim_operator.dra_inventory import DraInventory
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
-from nim_operator.placement import Placement, decide, manifest_for, placement_inputs, placement_of, profile_status
+from nim_operator.placement import (
+    Placement,
+    decide,
+    kept_pools,
+    manifest_for,
+    placement_inputs,
+    placement_of,
+    pod_tolerations,
+    profile_status,
+)
 from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
@@ -214,6 +225,8 @@ class Reconciler:
         self.cordoned: dict[str, NodeGpuFacts] = {}
         # The cluster's IngressClasses from their watch; None while unknown (not listable): then unchecked.
         self.ingress_classes: IngressClasses | None = None
+        # GPUs held by pods, autoscaler pools and the GPU catalogue: what placement reads besides nodes.
+        self.capacity = ClusterCapacity(kube, namespace=os.environ.get(c.ENV_OPERATOR_NAMESPACE) or None)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         # The status last written per NIMService uid. Events of children can hand us a body older than our
         # own last write; comparing against it would repeat writes and miss a refusal just reported.
@@ -367,7 +380,7 @@ class Reconciler:
                 raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
             manifest = _resolve_manifest(self.kube, owner.namespace, spec)
             nodes = selection_nodes(list(self.nodes.values()), self.dra.dra_only(), cordoned=set(self.cordoned))
-            decision, pstatus = self._choose(spec, manifest, previous, generation, nodes)
+            decision, pstatus = self._choose(spec, manifest, previous, generation, nodes, (owner.namespace, owner.name))
             workload, placement, pstatus = self._plan(owner, spec, manifest, decision, nodes, pstatus)
             mount, waiting = self._cache_mount(owner.namespace, spec)
             missing: list[str] = []
@@ -518,6 +531,7 @@ class Reconciler:
         previous: NIMServiceStatus | None,
         generation: int,
         nodes: list[NodeGpuFacts],
+        key: tuple[str, str],
     ) -> tuple[ProfileDecision | None, ProfileStatus]:
         """The profile decision and its status; none when no manifest is known or the user's DRA claims
         choose the devices (the runtime then chooses from the GPUs it gets). ``nodes`` are the schedulable
@@ -551,13 +565,20 @@ class Reconciler:
         sticky = before.id if before is not None and same_inputs else None
         schedulable = selection_view(spec, nodes)
         decision: ProfileDecision | None = None
+        # Free GPUs (what other pods leave) and the autoscalers' pools this spec's pods may use.
+        tolerations = pod_tolerations(spec)
         try:
             if sticky:
-                everywhere = selection_view(spec, nodes + list(self.cordoned.values()))
-                kept = decide(spec, manifest, everywhere, previous=sticky)
+                everywhere, pools = self.capacity.for_service(
+                    key, selection_view(spec, nodes + list(self.cordoned.values())), tolerations
+                )
+                kept = decide(
+                    spec, manifest, everywhere, previous=sticky, capacity=pools, previous_pools=kept_pools(before)
+                )
                 decision = kept if kept.profile.id == sticky else None
             if decision is None:
-                decision = decide(spec, manifest, schedulable, previous=None)
+                fresh, pools = self.capacity.for_service(key, schedulable, tolerations)
+                decision = decide(spec, manifest, fresh, previous=None, capacity=pools)
         except ProfileError as err:
             rejected = [Rejected(id=r.id, why=r.why) for r in err.rejected]
             failed = ProfileStatus(reason=str(err), rejected=rejected, inputs=inputs)

@@ -74,16 +74,23 @@ def test_leader_election_uses_one_peering_object() -> None:
 
 def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> None:
     docs = render(NAMESPACED)
-    roles = by_kind(docs, "Role")
+    catalog, *roles = sorted(by_kind(docs, "Role"), key=lambda r: not r["metadata"]["name"].endswith("gpu-catalog"))
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    # The GPU catalogue is listed in the operator's own namespace only.
+    assert catalog["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    bindings = sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding"))
+    assert bindings == sorted(["team-a", "team-b", catalog["metadata"]["namespace"]])
     (cluster_role,) = [d for d in by_kind(docs, "ClusterRole") if not d["metadata"]["name"].endswith("crd-upgrade")]
+    # Autoscaler pools are read cluster-wide: they are cluster-scoped (NodePools) or anywhere (node groups).
     assert rule_resources(cluster_role["rules"]) == {
         "nodes",
         "customresourcedefinitions",
         "namespaces",
         "resourceslices",
         "deviceclasses",
+        "ingressclasses",
+        "nodepools",
+        "machinedeployments",
     }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_role["rules"])
     assert "deployments" in rule_resources(roles[0]["rules"])

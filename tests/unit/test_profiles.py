@@ -109,7 +109,9 @@ def test_memory_and_gpu_count_rule_out_small_nodes() -> None:
     with pytest.raises(ProfileError) as err:
         select_profile(LLAMA_8B, a10g_only)
     message = str(err.value)
-    assert "vllm-bf16-tp1: no node can run it: NVIDIA-A10G has 23028 MiB per GPU, needs 24576" in message
+    # The KV cache of one 131072-token sequence alone is 16 GiB in bf16: 24 GiB GPUs cannot start it.
+    assert "vllm-bf16-tp1: no node can run it: NVIDIA-A10G has 23028 MiB per GPU, needs 37498 MiB per GPU" in message
+    assert "16384 KV cache at 131072 tokens" in message
     assert "vllm-bf16-tp2-a10g: no node can run it: NVIDIA-A10G has 1 GPU(s), needs 2" in message
     assert len(err.value.rejected) == len(LLAMA_8B.profiles)
 

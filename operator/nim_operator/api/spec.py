@@ -346,6 +346,15 @@ class ProfileStatus(_Model):
     gpu_products: list[str] = Field(default_factory=list)
     gpu_count: int = 0
     reason: str = ""
+    placement: Literal["Now", "AfterScaleUp", "WhenGPUsFree", "Waiting"] | None = Field(
+        default=None,
+        description="Where the profile runs: on free GPUs now, after an autoscaler adds a node, once GPUs "
+        "other pods hold free up, or waiting for a product only profileSelector.gpus names.",
+    )
+    node_pools: list[str] = Field(
+        default_factory=list,
+        description="Autoscaler pools (Karpenter NodePools, node groups) whose nodes can run the profile.",
+    )
     rejected: list[Rejected] = Field(default_factory=list)
     moved: str | None = Field(
         default=None, description="Why the service last moved from another profile; kept until it moves again."

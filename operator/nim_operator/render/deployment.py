@@ -142,26 +142,40 @@ def requests_gpus(resources: dict[str, Any]) -> bool:
 
 
 def _affinity(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any] | None:
-    """The user's affinity AND 'the node has one of the chosen GPU products'."""
+    """The user's affinity AND ('a pool that can add a fitting node' OR 'the node has a chosen product').
+
+    GFD's product label exists only on nodes that booted; an autoscaler cannot promise it, so a pod that
+    asked only for it would never make a pool add a node. Each pool shape that can run the profile gets a
+    term in the provisioner's own labels (its NodePool, instance types, GPU labels). Those come first:
+    Karpenter reads the first term and relaxes to the next; the scheduler takes any.
+    """
     affinity = copy.deepcopy(spec.affinity) if spec.affinity else {}
-    if not placement.gpu_products:
+    alternatives = [
+        [{"key": key, "operator": op, "values": list(values)} for key, op, values in term]
+        for term in placement.pool_terms
+    ]
+    if placement.gpu_products:
+        alternatives.append([{"key": c.GPU_PRODUCT_LABEL, "operator": "In", "values": list(placement.gpu_products)}])
+    if not alternatives:
         return affinity or None
-    expression = {"key": c.GPU_PRODUCT_LABEL, "operator": "In", "values": list(placement.gpu_products)}
     node_affinity = affinity.setdefault("nodeAffinity", {})
     required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = required.setdefault("nodeSelectorTerms", [])
-    if not terms:
-        terms.append({})
-    # Terms are ORed, expressions within a term ANDed: add ours to every term.
-    for term in terms:
-        term.setdefault("matchExpressions", []).append(expression)
+    # Terms are ORed, expressions within a term ANDed: each of the user's terms AND each of ours.
+    user_terms = required.get("nodeSelectorTerms") or [{}]
+    terms = []
+    for alternative in alternatives:
+        for term in user_terms:
+            combined = copy.deepcopy(term)
+            combined.setdefault("matchExpressions", []).extend(copy.deepcopy(alternative))
+            terms.append(combined)
+    required["nodeSelectorTerms"] = terms
     return affinity
 
 
 def _tolerations(spec: NIMServiceSpec, gpu_pod: bool) -> list[dict[str, Any]]:
     tolerations = copy.deepcopy(spec.tolerations)
     if gpu_pod and not any(t.get("key") == c.GPU_TAINT_KEY for t in tolerations):
-        tolerations.append({"key": c.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(dict(c.GPU_TOLERATION))
     return tolerations
 
 
@@ -266,13 +280,23 @@ def render_deployment(
         "imagePullSecrets": [{"name": s} for s in spec.image.pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    annotations = dict(spec.annotations)
+    # Karpenter never voluntarily disrupts (consolidates, drifts) a node under a GPU pod: a replica moved
+    # loads its model again for minutes. Lifting it once the pod is Ready would take a pod write per start,
+    # and the operator never writes pods; empty GPU nodes are still consolidated. A user's own value in
+    # spec.annotations ("false" lets Karpenter repack serving pods) stays as it is.
+    if requests_gpus(container["resources"]):
+        annotations.setdefault(c.DO_NOT_DISRUPT_ANNOTATION, "true")
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner)},
         "strategy": rollout_strategy(spec, surge_blocked=surge_blocked),
+        # Time for a node to boot, the image to pull and the model to load before the rollout is called
+        # stuck; the startup probe covers only the load (it starts with the container).
+        "progressDeadlineSeconds": c.PROGRESS_DEADLINE_SECONDS,
         "template": {
             "metadata": {
                 "labels": child_labels(owner, spec.labels),
-                **({"annotations": dict(spec.annotations)} if spec.annotations else {}),
+                **({"annotations": annotations} if annotations else {}),
             },
             "spec": pod_spec,
         },

@@ -38,6 +38,9 @@ class Profile(BaseModel):
     min_gpu_memory_mib: int | None = Field(default=None, ge=0, description="Minimum memory per GPU.")
     device: Device = "gpu"
     vllm_args: tuple[str, ...] = Field(default=(), description="Engine arguments this profile implies.")
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="Context cap of this profile (tokens), below the model's; none = the model's."
+    )
 
     @property
     def gpus(self) -> int:
@@ -61,6 +64,17 @@ class Profile(BaseModel):
         if self.min_gpu_memory_mib is not None:
             tags["min_gpu_memory_mib"] = str(self.min_gpu_memory_mib)
         return tags
+
+
+class ModelArchitecture(BaseModel):
+    """The model's shape, from its config: enough to size weights and KV cache per GPU (placement)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parameters_billions: float = Field(gt=0)
+    layers: int = Field(ge=1, description="num_hidden_layers")
+    kv_heads: int = Field(ge=1, description="num_key_value_heads")
+    head_dim: int = Field(ge=1, description="hidden_size / num_attention_heads")
 
 
 class GenerationDefaults(BaseModel):
@@ -109,6 +123,9 @@ class ModelManifest(BaseModel):
     )
     generation: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Sampling defaults for requests that set none."
+    )
+    architecture: ModelArchitecture | None = Field(
+        default=None, description="Model shape for memory sizing; without it only min_gpu_memory_mib counts."
     )
     images: tuple[str, ...] = Field(
         default=(), description="Image repositories that serve exactly this model (for the operator)."
