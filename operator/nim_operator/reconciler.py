@@ -132,6 +132,11 @@ def _api_message(err: client.ApiException) -> str:
         return str(err.reason)
 
 
+def _same_placement(before: ProfileStatus, now: ProfileStatus) -> bool:
+    """Whether a decision kept is placed as before: same profile, GPU products and pools."""
+    return before.id == now.id and before.gpu_products == now.gpu_products and before.node_pools == now.node_pools
+
+
 def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
     raw = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
     if not raw:
@@ -587,6 +592,11 @@ class Reconciler:
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
         status = profile_status(decision)
         status.inputs = inputs
+        if sticky and before is not None and _same_placement(before, status):
+            # Kept where it was: how many GPUs are free at this moment (other services' pods come and go)
+            # is not news for this one, so its text stays as written.
+            status.reason, status.placement, status.moved = before.reason, before.placement, before.moved
+            return decision, status
         if before is not None and before.id and before.id != decision.profile.id:
             why = (
                 f"no node of {', '.join(before.gpu_products) or 'its kind'} remains"

@@ -192,12 +192,13 @@ def test_one_replica_rolls_out_with_a_surge_pod(nim: NIM) -> None:
 
 
 def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
-    """The A10G pool is one node with one GPU: the surge pod of a one-replica rollout cannot be placed, so
-    the operator replaces the pod in place rather than leave the rollout stuck forever."""
+    """The A10G node has one GPU: the surge pod of a one-replica rollout cannot be placed, so the operator
+    replaces the pod in place rather than leave the rollout stuck forever. Pinned to that node by name:
+    on the full cluster Karpenter would otherwise add an A10G node for the surge pod (and rightly so)."""
     spec = {
         "image": {"repository": "bench/unknown-model", "tag": "1"},
         "resources": {"limits": {"nvidia.com/gpu": 1}},
-        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G", "kubernetes.io/hostname": "kwok-a10g-0"},
     }
     nim.create("tight", spec)
     nim.wait_state("tight", "Ready")
@@ -265,3 +266,20 @@ def test_the_operator_survives_a_crd_that_comes_and_goes(nim: NIM, operator_proc
     assert operator_process.proc.poll() is None, "the operator exited"
     nim.create("after-churn", SMOL)
     nim.wait_state("after-churn", "Ready")
+
+
+def test_another_service_taking_gpus_rewrites_nothing_of_a_running_one(nim: NIM) -> None:
+    """Free GPUs steer new decisions; a running service's decision sticks, and how many GPUs others hold
+    at the moment is not news for it: its status is not rewritten on the next resync (15 s in tests)."""
+    nim.create("calm", SMOL)
+    nim.wait_state("calm", "Ready")
+    time.sleep(2)
+    before = nim.get("calm")["metadata"]["resourceVersion"]
+    hog = {
+        "image": {"repository": "bench/unknown-model", "tag": "1"},
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+    }
+    nim.create("hog", hog)
+    time.sleep(20)  # a resync of every service
+    assert nim.get("calm")["metadata"]["resourceVersion"] == before, nim.status("calm")

@@ -160,7 +160,7 @@ def test_resync_with_nothing_changed_writes_nothing(nim: NIM) -> None:
     assert deployment.metadata.resource_version == before_dep, "the Deployment was written"
     # Our label patch, then kopf's note of the handled configuration; never a status write.
     assert len(changes) <= 2, [c["metadata"].get("managedFields", [])[-1:] for c in changes]
-    assert all(c["status"] == changes[0]["status"] for c in changes)
+    assert all(c["status"] == changes[0]["status"] for c in changes), [c["status"] for c in changes]
     assert changes[-1]["status"]["state"] == "Ready"
 
 
