@@ -60,6 +60,12 @@ class ClusterCapacity:
         if pods:
             self.refresh_usage(force=True)
 
+    def without_usage(self, why: str) -> None:
+        """Never list pods: every allocatable GPU counts as free (an operator watching only some
+        namespaces may not read the pods of the others, and asking would only be refused)."""
+        self._usage_denied = True
+        log.info("free GPUs are taken to be all allocatable ones: %s", why)
+
     def refresh_usage(self, *, force: bool = False) -> None:
         """List the pods that hold a node (not finished) when the last list is older than the TTL.
 

@@ -91,6 +91,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     classes = kube.list_ingress_classes()
     if classes is not None:
         reconciler.ingress_classes = IngressClasses.of(classes)
+    if memo.get("namespaces"):
+        reconciler.capacity.without_usage("the operator watches only its namespaces (--namespace)")
     reconciler.capacity.prime()  # autoscaler pools, before the first decision counts on them
     # Before any reconcile: what was applied before a restart, so nothing is re-applied.
 
