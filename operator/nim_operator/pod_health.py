@@ -244,3 +244,15 @@ def find_pod_problem(pods: Iterable[Mapping[str, Any]]) -> PodProblem | None:
     if not current:
         return None
     return min(current, key=lambda h: (h.rank, h.name)).problem
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> PodProblem | None:
+    """Why no pod exists at all: the ReplicaSet's pod creation was refused (a RuntimeClass that does not
+    exist, a quota, an admission webhook), which the Deployment reports as its ReplicaFailure condition.
+    There is no pod to read then, so without this the service would wait without a word."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            said = " ".join(str(cond.get("message") or "").split())
+            reason = str(cond.get("reason") or "FailedCreate")
+            return PodProblem(reason, f"the Deployment cannot create pods: {said}" if said else reason)
+    return None
