@@ -128,11 +128,18 @@ def compute_cache_status(
     pods: Iterable[Mapping[str, Any]],
     failure: Failure | None,
     now: str,
+    waiting: Failure | None = None,
 ) -> NIMCacheStatus:
-    """The whole status for this world; the same world gives the same status (so no write)."""
+    """The whole status for this world; the same world gives the same status (so no write).
+
+    ``waiting`` says why no Job exists yet although nothing failed (the puller image is being asked
+    for its manifest).
+    """
     before = previous.conditions if previous else []
     if failure is not None:
         reading = _Reading("Failed", failure.reason, failure.message)
+    elif waiting is not None:
+        reading = _Reading("Pending", waiting.reason, waiting.message)
     else:
         reading = _read(pvc_name or "", pvc, job, list(pods))
     if reading.reason in _JOB_REASONS and previous is not None and previous.state == "Failed":
