@@ -42,9 +42,17 @@ from nim_operator.placement import (
     pod_tolerations,
     profile_status,
 )
-from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, replica_failure, service_of
+from nim_operator.pod_health import (
+    PodProblem,
+    find_pod_problem,
+    pod_health,
+    replica_failure,
+    service_of,
+    unbound_claim,
+)
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
+from nim_operator.render.deployment import pvc_name
 from nim_operator.status import Failure, compute_status
 from nim_operator.workload import (
     Workload,
@@ -188,6 +196,15 @@ def _parse_spec(body: Mapping[str, Any]) -> NIMServiceSpec:
         return NIMServiceSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         raise _Refusal(Failure("InvalidSpec", _validation_message(err))) from err
+
+
+def _available(workload: Mapping[str, Any] | None) -> bool:
+    """Whether every replica the workload (Deployment, or a group in its terms) wants is available."""
+    if workload is None:
+        return False
+    wanted = (workload.get("spec") or {}).get("replicas")
+    available = int((workload.get("status") or {}).get("availableReplicas") or 0)
+    return available >= int(1 if wanted is None else wanted)
 
 
 def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
@@ -404,6 +421,8 @@ class Reconciler:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = self._workload_state(owner, spec, applied)
         problem = find_pod_problem(self.pods_of(owner.namespace, owner.name)) or replica_failure(deployment)
+        if problem is None and waiting is None and not _available(deployment):
+            problem = self._claim_problem(owner, spec, mount)
         if waiting is not None:
             problem = PodProblem(waiting.reason, waiting.message)
         outcome.status = compute_status(
@@ -476,6 +495,13 @@ class Reconciler:
         if deployment is None and self.kube.applied.exists(key) is not False:
             deployment = self.kube.get(*key)
         return deployment if spec.multi_node is None else lws_render.readiness_view(deployment)
+
+    def _claim_problem(self, owner: Owner, spec: NIMServiceSpec, mount: CacheMount | None) -> PodProblem | None:
+        """A claim the pods mount that is not bound (read only while replicas are missing)."""
+        claim = pvc_name(owner, spec, mount)
+        if claim is None:
+            return None
+        return unbound_claim(claim, self.kube.get("v1", "PersistentVolumeClaim", owner.namespace, claim))
 
     def _surge_blocked(self, owner: Owner) -> bool:
         """Whether a rollout is under way and its new pod cannot be scheduled for lack of room (a surge pod
