@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from nim_operator.api.nimcache import CachedProfile, ModelSelector, NIMCacheSpec, NIMCacheStatus
 from nim_operator.discovery import Known, Probing, Unknown
 from nim_operator.status import Failure
-from nim_runtime.profiles import ImageManifest, NodeGpuFacts, Profile, ProfileError, ProfileSelector, select_profile
-from nim_runtime.profiles.gpus import device_id
+from nim_runtime.profiles import (
+    ImageManifest,
+    NodeGpuFacts,
+    Profile,
+    ProfileError,
+    ProfileSelector,
+    ScaleUpOption,
+    select_profile,
+)
+from nim_runtime.profiles.hardware import device_id
 from nim_runtime.profiles.selection import Rejection
 
 FIELD = "spec.source.ngc.model"
@@ -55,18 +63,26 @@ def _constraint_misfit(profile: Profile, model: ModelSelector) -> str | None:
     return None
 
 
-def _products(model: ModelSelector | None, nodes: Sequence[NodeGpuFacts]) -> list[tuple[str, bool]]:
-    """(GPU product, pinned by the spec) to choose a profile for: the spec's, else the cluster's."""
+def _products(
+    model: ModelSelector | None, nodes: Sequence[NodeGpuFacts], pools: Sequence[ScaleUpOption]
+) -> list[tuple[str, bool]]:
+    """(GPU product, pinned by the spec) to choose a profile for: the spec's, else the cluster's now and
+    what its autoscalers' pools may add."""
     named = [g.product for g in (model.gpus if model else []) if g.product]
     if named:
         return [(p, True) for p in dict.fromkeys(named)]
-    return [(p, False) for p in sorted({n.product for n in nodes if n.product and n.gpus})]
+    products = {n.product for n in nodes if n.product and n.gpus} | {o.product for o in pools if not o.excluded}
+    return [(p, False) for p in sorted(products)]
 
 
 def choose_cache_profiles(
-    manifest: ImageManifest, model: ModelSelector | None, nodes: Sequence[NodeGpuFacts]
+    manifest: ImageManifest,
+    model: ModelSelector | None,
+    nodes: Sequence[NodeGpuFacts],
+    pools: Sequence[ScaleUpOption] = (),
 ) -> list[ChosenProfile]:
     """The profiles to fetch, one per GPU product (fewer when products share one), each with why.
+    ``pools`` are the node shapes autoscalers may add: their products count as the cluster's.
 
     Raises :class:`ProfileError` listing why no profile fits (the filters, or no GPU node at all).
     """
@@ -83,7 +99,7 @@ def choose_cache_profiles(
         lines = "; ".join(f"{r.id}: {r.why}" for r in rejected)
         raise ProfileError(f"no profile of {manifest.name} passes {FIELD} ({lines})", rejected)
     narrowed = manifest.model_copy(update={"profiles": tuple(kept)})
-    products = _products(model, nodes)
+    products = _products(model, nodes, pools)
     if not products:
         raise ProfileError(
             f"no node of the cluster has GPUs, so no profile of {manifest.name} can run here yet: name the GPUs "
@@ -95,12 +111,13 @@ def choose_cache_profiles(
     for product, pinned in products:
         if pinned:
             selector = ProfileSelector(gpu_products=(product,))
-            decision_nodes = list(nodes)
+            decision_nodes, decision_pools = list(nodes), list(pools)
         else:
             selector = ProfileSelector()
             decision_nodes = [n for n in nodes if n.product == product]
+            decision_pools = [o for o in pools if o.product == product]
         try:
-            decision = select_profile(narrowed, decision_nodes, selector=selector)
+            decision = select_profile(narrowed, decision_nodes, selector=selector, capacity=decision_pools)
         except ProfileError as err:
             failures.append(f"{product}: {err}")
             continue
@@ -142,6 +159,7 @@ def ngc_profiles(
     nodes: Sequence[NodeGpuFacts],
     previous: NIMCacheStatus | None,
     generation: int,
+    pools: Sequence[ScaleUpOption] = (),
 ) -> NgcProfiles:
     """The profiles of an ``ngc`` source. ``lookup`` asks the puller image for its manifest (called only
     when the choice is not made yet): the choice is made once per generation of the spec and kept in
@@ -177,7 +195,7 @@ def ngc_profiles(
             )
         )
     try:
-        chosen = choose_cache_profiles(listing, ngc.model, nodes)
+        chosen = choose_cache_profiles(listing, ngc.model, nodes, pools)
     except ProfileError as err:
         return NgcProfiles(failure=Failure("NoProfileFits", str(err)))
     return NgcProfiles(tuple(c.profile.id for c in chosen), tuple(_cached(c.profile, listing, c.why) for c in chosen))

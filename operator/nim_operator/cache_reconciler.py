@@ -24,7 +24,7 @@ from nim_operator.kube import ChildRejected, Kube
 from nim_operator.manifest_probe import probe_request, split_image
 from nim_operator.render.cache import Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
 from nim_operator.status import Failure
-from nim_runtime.profiles import NodeGpuFacts
+from nim_runtime.profiles import NodeGpuFacts, ScaleUpOption
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,14 @@ class CacheReconciler:
         runtime_pull_secrets: tuple[str, ...] = (),
         discovery: ManifestDiscovery | None = None,
         nodes: Callable[[], list[NodeGpuFacts]] = list,
+        pools: Callable[[], list[ScaleUpOption]] = list,
     ) -> None:
         self.kube = kube
         #: Puller images' manifests (shared with the NIMService reconciler) and the GPU nodes placement sees.
         self.discovery = discovery or ManifestDiscovery(kube)
         self.nodes = nodes
+        #: The node shapes autoscalers may add, for GPU pods: an NGC cache fetches for those too.
+        self.pools = pools
         self.emit = emit or (lambda body, kind, reason, message: None)
         self.runtime_image = runtime_image
         self.runtime_pull_secrets = runtime_pull_secrets
@@ -202,6 +205,7 @@ class CacheReconciler:
             nodes=self.nodes(),
             previous=previous,
             generation=generation,
+            pools=self.pools(),
         )
 
     def _claim(self, cache: Cache, spec: NIMCacheSpec, claim: str) -> tuple[Failure | None, dict[str, Any] | None]:

@@ -16,6 +16,7 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
+from nim_operator.capacity import options_for
 from nim_operator.cluster_capacity import POOL_KINDS
 from nim_operator.controller import Controller
 from nim_operator.discovery import ManifestDiscovery
@@ -115,6 +116,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
         discovery=discovery,
         nodes=lambda: list(reconciler.nodes.values()),
+        pools=lambda: options_for(reconciler.capacity.pools(), [c.GPU_TOLERATION]),
     )
     controller = Controller(
         reconciler,

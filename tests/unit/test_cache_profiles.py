@@ -10,7 +10,14 @@ from nim_operator.api.nimcache import CachedProfile, ModelSelector, NIMCacheSpec
 from nim_operator.cache_profiles import choose_cache_profiles, ngc_profiles
 from nim_operator.discovery import Known, Probing, Unknown
 from nim_operator.render.cache import Cache, render_job
-from nim_runtime.profiles import NodeGpuFacts, ProfileError, RuntimeListing, catalog_listing, parse_nim_manifest
+from nim_runtime.profiles import (
+    NodeGpuFacts,
+    ProfileError,
+    RuntimeListing,
+    ScaleUpOption,
+    catalog_listing,
+    parse_nim_manifest,
+)
 from tests.unit.nim_manifests import IDS, LLAMA_8B_V2
 from tests.unit.test_profiles import CLUSTER, _pool
 
@@ -153,3 +160,14 @@ def test_cached_profile_status_names_the_profile_and_why() -> None:
     )
     assert chosen.cached[0].reason is not None
     assert chosen.cached[0].reason.startswith("tensorrt_llm-l40s-fp8-tp1-pp1-throughput, for NVIDIA-L40S: ")
+
+
+def test_a_pool_that_may_add_gpus_counts_as_the_clusters() -> None:
+    """No GPU node yet, a NodePool of L40S nodes: the profile a NIMService would get after the scale-up."""
+    pool = ScaleUpOption(pool="gpu-l40s", product="NVIDIA-L40S", gpus=4, memory_mib=46068, compute=(8, 9))
+    chosen = choose_cache_profiles(LLAMA, None, CPU_ONLY, [pool])
+    assert _ids(chosen) == {IDS["trt-l40s-fp8-tp1"]}
+    assert "after scale-up via NodePool gpu-l40s" in chosen[0].why
+    blocked = ScaleUpOption(pool="gpu-l40s", product="NVIDIA-L40S", gpus=4, excluded=True, blocked="a taint")
+    with pytest.raises(ProfileError, match="no node of the cluster has GPUs"):
+        choose_cache_profiles(LLAMA, None, CPU_ONLY, [blocked])

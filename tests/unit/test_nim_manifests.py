@@ -106,7 +106,7 @@ def test_nvidia_example_is_ranked_on_the_simulated_cluster(path: Path) -> None:
     expected = {
         "manifest_lora.yaml": {"chosen": EXPECTED["manifest_lora.yaml"][0][1], "products": "NVIDIA-H100-80GB-HBM3"},
         "manifest_trtllm_v1.yaml": {
-            "error": "no profile of meta/llama3-70b-instruct fits this cluster ("
+            "error": "no profile of meta/llama3-70b-instruct fits this cluster, now or after a scale-up ("
             f"{EXPECTED['manifest_trtllm_v1.yaml'][0][1]} (tensorrt_llm-l40s-fp16-tp8-pp1-throughput): no node "
             "can run it: NVIDIA-L40S has 4 GPU(s), needs 8; nodes without GPUs has no GPUs; NVIDIA-A10G is "
             "NVIDIA-A10G, not L40S; NVIDIA-H100-80GB-HBM3 is NVIDIA-H100-80GB-HBM3, not L40S)"
