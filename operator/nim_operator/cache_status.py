@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nim_operator.api.nimcache import CacheCondition, CacheProgress, NIMCacheStatus
-from nim_operator.pod_health import find_pod_problem, tail
+from nim_operator.pod_health import find_pod_problem, tail, unbound_claim
 from nim_operator.status import Failure
 
 #: Pod problems that waiting will not fix: the cache is Failed until the spec or the cluster changes.
@@ -103,6 +103,9 @@ def _read(
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     if running:
         return _Reading("InProgress", "Downloading", "the download Job is running")
+    if (unbound := unbound_claim(pvc_name, pvc)) is not None:
+        # The scheduler holds the pod, saying nothing, while a WaitForFirstConsumer claim is provisioned.
+        return _Reading("Pending", unbound.reason, unbound.message.replace("the pods wait", "the download Job waits"))
     return _Reading("Pending", "JobPending", "the download Job's pod is starting")
 
 
@@ -128,11 +131,18 @@ def compute_cache_status(
     pods: Iterable[Mapping[str, Any]],
     failure: Failure | None,
     now: str,
+    waiting: Failure | None = None,
 ) -> NIMCacheStatus:
-    """The whole status for this world; the same world gives the same status (so no write)."""
+    """The whole status for this world; the same world gives the same status (so no write).
+
+    ``waiting`` says why no Job exists yet although nothing failed (the puller image is being asked
+    for its manifest).
+    """
     before = previous.conditions if previous else []
     if failure is not None:
         reading = _Reading("Failed", failure.reason, failure.message)
+    elif waiting is not None:
+        reading = _Reading("Pending", waiting.reason, waiting.message)
     else:
         reading = _read(pvc_name or "", pvc, job, list(pods))
     if reading.reason in _JOB_REASONS and previous is not None and previous.state == "Failed":

@@ -49,8 +49,16 @@ def _plan(args: argparse.Namespace) -> int:
     from nim_operator.api.spec import NIMServiceSpec
     from nim_operator.cluster_capacity import ClusterCapacity
     from nim_operator.kube import Kube, api_client
-    from nim_operator.placement import PLACEMENT, decide, manifest_for, node_facts, node_schedulable, pod_tolerations
-    from nim_runtime.profiles import ProfileError, pool_order
+    from nim_operator.placement import (
+        PLACEMENT,
+        decide,
+        manifest_for,
+        node_facts,
+        node_schedulable,
+        pod_tolerations,
+        runs_our_runtime,
+    )
+    from nim_runtime.profiles import ProfileError, ProfileSet, parse_manifest_document, pool_order
 
     with open(args.file) if args.file != "-" else sys.stdin as stream:
         docs = [d for d in yaml.safe_load_all(stream) if d]
@@ -69,7 +77,18 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"{name}: invalid spec: {err}")
             worst = 2
             continue
-        manifest = manifest_for(spec)
+        manifest: ProfileSet | None = None
+        if args.manifest:
+            with open(args.manifest) as text:
+                manifest = parse_manifest_document(text.read(), fallback_name=spec.image.repository)
+        elif runs_our_runtime(spec.image.repository):
+            manifest = manifest_for(spec)
+        else:
+            print(
+                f"{name}: the operator reads the manifest of {spec.image.repository}:{spec.image.tag} from the "
+                "image itself (a probe Job); give it here with --manifest FILE to see the decision"
+            )
+            continue
         if manifest is None:
             print(f"{name}: no manifest known for {spec.image.repository}; the runtime would choose its profile")
             continue
@@ -85,7 +104,7 @@ def _plan(args: argparse.Namespace) -> int:
         where = ", ".join(pool_order(decision.pools)) or "-"
         rows.append((name, decision.profile.id, PLACEMENT[decision.availability], where))
         print(f"{name}: {decision.reason}")
-        print(f"  profile: {decision.profile.id}  tags: {json.dumps(decision.profile.tags, sort_keys=True)}")
+        print(f"  profile: {decision.profile.label}  tags: {json.dumps(decision.profile.tags, sort_keys=True)}")
         print(f"  placement: {PLACEMENT[decision.availability]}  pools: {where}")
         print(f"  gpu products: {', '.join(decision.gpu_products) or '-'}  nodes: {', '.join(decision.nodes) or '-'}")
         for rejected in decision.rejected:
@@ -133,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("-f", "--file", required=True, help="NIMService YAML file, or - for stdin")
     plan.add_argument("--kubeconfig", help="kubeconfig file")
     plan.add_argument("--table", action="store_true", help="end with one line per NIMService: profile, placement")
+    plan.add_argument("--manifest", help="a model manifest (ours, or NIM's v1/v2 model_manifest.yaml) to plan with")
     plan.set_defaults(func=_plan)
 
     crd = commands.add_parser("crd", help="print the CRD generated from the typed spec")

@@ -57,6 +57,7 @@ ENV_MAX_MODEL_LEN = "NIM_MAX_MODEL_LEN"
 ENV_OPERATOR_NAMESPACE = "NIM_OPERATOR_NAMESPACE"
 #: Label of the ConfigMaps that hold the GPU catalogue (instance types, node groups) for placement.
 GPU_CATALOG_LABEL = "nimoperator.dev/gpu-catalog"
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 
 # The runtime contract.
 API_PORT_NAME = "api"

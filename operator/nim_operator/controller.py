@@ -18,6 +18,7 @@ from kubernetes import client
 from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.cache_reconciler import CacheReconciler, cache_of
+from nim_operator.discovery import is_probe
 from nim_operator.integrations import IngressClasses
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
@@ -88,6 +89,7 @@ class Controller:
             self.queue.forget(Key(c.KIND, *key))
             metrics.STATES.set(key[0], key[1], None)
             self.reconciler.forget(str(meta.get("uid") or ""), namespace=key[0], name=key[1])
+            self.reconciler.discovery.forget_waiter((c.KIND, *key))
             return
         with self._guard:
             before = self.services.get(key)
@@ -131,7 +133,15 @@ class Controller:
             body = self.services.get((owner[0], owner[1]))
         return body is not None and body["metadata"].get("uid") == owner[2]
 
+    def probe_event(self, event: str | None, obj: dict[str, Any]) -> None:
+        """A manifest probe's Job or pod moved: queue whoever waits for that image's manifest."""
+        for kind, namespace, name in self.reconciler.discovery.observe(obj, deleted=event == "DELETED"):
+            self._queue(Key(kind, namespace, name), "probe")
+
     def pod_event(self, event: str | None, pod: dict[str, Any]) -> None:
+        if is_probe(pod):
+            self.probe_event(event, pod)
+            return
         if cache_of(pod) is not None:
             key = self.caches.pod_gone(pod) if event == "DELETED" else self.caches.pod_seen(pod)
             if key is not None:
@@ -142,6 +152,9 @@ class Controller:
             self._queue(Key(c.KIND, *found), "pod")
 
     def job_event(self, event: str | None, job: dict[str, Any]) -> None:
+        if is_probe(job):
+            self.probe_event(event, job)
+            return
         key = self.caches.job_gone(job) if event == "DELETED" else self.caches.job_seen(job)
         if key is not None:
             self._queue(Key(c.CACHE_KIND, *key), "child")
@@ -195,6 +208,7 @@ class Controller:
                 self.cache_bodies.pop(key, None)
             self.reconciler.caches.pop(key, None)
             self.caches.forget(str(meta.get("uid") or ""), key[0], key[1])
+            self.reconciler.discovery.forget_waiter((c.CACHE_KIND, *key))
             self.queue.forget(Key(c.CACHE_KIND, *key))
         else:
             with self._guard:

@@ -16,11 +16,14 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
+from nim_operator.capacity import options_for
 from nim_operator.cluster_capacity import POOL_KINDS
 from nim_operator.controller import Controller
+from nim_operator.discovery import ManifestDiscovery
 from nim_operator.integrations import IngressClasses
 from nim_operator.kopf_watch import tolerate_vanishing_resources
 from nim_operator.kube import PLURALS, Kube, api_client
+from nim_operator.manifest_probe import split_image
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
 
@@ -81,7 +84,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     select_our_objects(settings)
 
     kube = Kube(api_client(os.environ.get("KUBECONFIG")))
-    reconciler = Reconciler(kube, kube.post_event)
+    runtime_image = os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE
+    # Images' own manifests, asked once per image, for NIMServices and NGC NIMCaches alike.
+    discovery = ManifestDiscovery(kube)
+    reconciler = Reconciler(
+        kube, kube.post_event, discovery=discovery, runtime_repository=split_image(runtime_image)[0]
+    )
     for node in kube.list_nodes():
         reconciler.set_node(node["metadata"]["name"], node_facts(node), schedulable=node_schedulable(node))
         reconciler.dra.node_seen(node)
@@ -106,8 +114,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     caches = CacheReconciler(
         kube,
         kube.post_event,
-        runtime_image=os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE,
+        runtime_image=runtime_image,
         runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
+        discovery=discovery,
+        nodes=lambda: list(reconciler.nodes.values()),
+        pools=lambda: options_for(reconciler.capacity.pools(), [c.GPU_TOLERATION]),
     )
     controller = Controller(
         reconciler,

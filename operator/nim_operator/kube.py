@@ -408,6 +408,39 @@ class Kube:
         data: dict[str, str] = config_map.get("data") or {}
         return data
 
+    def create_config_map(self, body: dict[str, Any]) -> bool:
+        """Create a ConfigMap of ours once; False when one of that name exists (it is never overwritten:
+        the operator may create ConfigMaps, not change anyone's)."""
+        metrics.API_WRITES.labels("ConfigMap", "create").inc()
+        try:
+            self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body=body)
+        except client.ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def pod_log(self, namespace: str, name: str, container: str, *, limit_bytes: int, timeout: float) -> str:
+        """A container's log as text (the API server fetches it from the node's kubelet).
+
+        ``timeout`` bounds the whole call: a node whose kubelet cannot be reached (a simulated one) must
+        not hold a reconcile for the kernel's connect timeout.
+        """
+        metrics.API_READS.labels("PodLog").inc()
+        serialized = self.api.param_serialize(
+            method="GET",
+            resource_path=f"/api/v1/namespaces/{namespace}/pods/{name}/log",
+            query_params=[("container", container), ("limitBytes", str(limit_bytes))],
+            # The log is text/plain, yet the API server refuses that Accept header (406): ask for anything.
+            header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized, _request_timeout=timeout)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise client.ApiException(http_resp=response)
+        return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+
     def get_own(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One of our own resources (a NIMCache a NIMService mounts), or None."""
         metrics.API_READS.labels(c.CACHE_KIND).inc()

@@ -16,17 +16,22 @@ from typing import Any, Literal
 from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec, ProfileStatus, Rejected
 from nim_runtime.profiles import (
+    ImageManifest,
     ModelManifest,
     NodeGpuFacts,
     Profile,
     ProfileDecision,
     ProfileSelector,
+    ProfileSet,
     ScaleUpOption,
     find_manifest,
-    find_manifest_for_image,
     pool_order,
     select_profile,
 )
+
+#: The last path segment of our runtime's image repository (ghcr.io/nim-operator/nim-runtime, a mirror's
+#: copy, the test cluster's localhost/nim-runtime): images so named run our runtime and take its ids.
+RUNTIME_IMAGE_NAME = "nim-runtime"
 
 
 def _int(value: Any) -> int | None:
@@ -66,13 +71,22 @@ def node_facts(node: Mapping[str, Any]) -> NodeGpuFacts:
     )
 
 
+def runs_our_runtime(repository: str, runtime_repository: str | None = None) -> bool:
+    """Whether an image is known without asking it to run our runtime: named ``nim-runtime``, or the
+    repository the operator was configured with for its runtime. Any other image is asked for its
+    manifest (see :mod:`nim_operator.discovery`), which also finds our runtime under another name."""
+    name = repository.split("@", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return name == RUNTIME_IMAGE_NAME or (bool(runtime_repository) and repository == runtime_repository)
+
+
 def manifest_for(spec: NIMServiceSpec) -> ModelManifest | None:
-    """The catalog manifest for the model named in the spec, else for the image, else None."""
+    """The catalog manifest of the model the spec names, for an image that runs our runtime; else None.
+
+    Only our runtime accepts our catalog's profile ids: callers ask this for such images alone.
+    """
     if spec.model and spec.model.name:
-        found = find_manifest(spec.model.name)
-        if found is not None:
-            return found
-    return find_manifest_for_image(spec.image.repository)
+        return find_manifest(spec.model.name)
+    return None
 
 
 def selector_of(spec: NIMServiceSpec) -> ProfileSelector:
@@ -153,7 +167,7 @@ def placement_inputs(spec: NIMServiceSpec) -> str:
 
 def decide(
     spec: NIMServiceSpec,
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     nodes: list[NodeGpuFacts],
     *,
     previous: str | None,
@@ -195,9 +209,11 @@ def pool_terms(decision: ProfileDecision) -> tuple[tuple[tuple[str, str, tuple[s
     return tuple(dict.fromkeys(o.requirements for o in ordered))
 
 
-def placement_of(spec: NIMServiceSpec, manifest: ModelManifest | None, decision: ProfileDecision | None) -> Placement:
+def placement_of(spec: NIMServiceSpec, manifest: ProfileSet | None, decision: ProfileDecision | None) -> Placement:
+    """What rendering needs. A served name is set from our own manifests only: an image with its own
+    manifest (NIM's) serves the name it knows unless the spec names one."""
     served = (spec.model.name if spec.model and spec.model.name else None) or (
-        manifest.model_name if manifest else None
+        manifest.model_name if isinstance(manifest, ModelManifest) else None
     )
     if decision is None:
         return Placement(profile=None, served_model_name=served)
@@ -213,16 +229,23 @@ PLACEMENT: dict[str, Literal["Now", "AfterScaleUp", "WhenGPUsFree", "Waiting"]] 
 }
 
 
-def profile_status(decision: ProfileDecision | None, *, unmanaged_reason: str = "") -> ProfileStatus:
+def profile_status(
+    decision: ProfileDecision | None, *, unmanaged_reason: str = "", manifest: ProfileSet | None = None
+) -> ProfileStatus:
+    """The decision for status; profiles of an image's manifest that selection could not consider (an
+    unknown precision) are listed among the rejected with that reason."""
     if decision is None:
         return ProfileStatus(reason=unmanaged_reason)
+    unusable = manifest.skipped if isinstance(manifest, ImageManifest) else ()
+    skipped = [Rejected(id=s.id, why=f"not considered: {s.why}") for s in unusable]
     return ProfileStatus(
         id=decision.profile.id,
+        name=decision.profile.name,
         tags=decision.profile.tags,
         gpu_products=list(decision.gpu_products),
         gpu_count=decision.profile.gpus,
         reason=decision.reason,
         placement=PLACEMENT[decision.availability],
         node_pools=pool_order(decision.pools),
-        rejected=[Rejected(id=r.id, why=r.why) for r in decision.rejected],
+        rejected=[Rejected(id=r.id, why=r.why) for r in decision.rejected] + skipped,
     )

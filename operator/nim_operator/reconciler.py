@@ -28,22 +28,31 @@ from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, P
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount
 from nim_operator.cluster_capacity import ClusterCapacity
+from nim_operator.discovery import ManifestDiscovery
 from nim_operator.dra_inventory import DraInventory
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
+from nim_operator.manifest_source import DISCOVERING, resolve_manifest
 from nim_operator.placement import (
     Placement,
     decide,
     kept_pools,
-    manifest_for,
     placement_inputs,
     placement_of,
     pod_tolerations,
     profile_status,
 )
-from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
+from nim_operator.pod_health import (
+    PodProblem,
+    find_pod_problem,
+    pod_health,
+    replica_failure,
+    service_of,
+    unbound_claim,
+)
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
+from nim_operator.render.deployment import pvc_name
 from nim_operator.status import Failure, compute_status
 from nim_operator.workload import (
     Workload,
@@ -56,11 +65,10 @@ from nim_operator.workload import (
     selection_view,
     verify_claims,
 )
-from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
+from nim_runtime.profiles import NodeGpuFacts, ProfileDecision, ProfileError, ProfileSet
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = "manifest.yaml"
 #: Children that may be deleted and created again when an edit by someone else blocks our apply: nothing
 #: of theirs is lost (a Deployment's pods, a claim's data would be).
 RECREATABLE_KINDS = frozenset({"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"})
@@ -195,6 +203,15 @@ def _parse_spec(body: Mapping[str, Any]) -> NIMServiceSpec:
         raise _Refusal(Failure("InvalidSpec", _validation_message(err))) from err
 
 
+def _available(workload: Mapping[str, Any] | None) -> bool:
+    """Whether every replica the workload (Deployment, or a group in its terms) wants is available."""
+    if workload is None:
+        return False
+    wanted = (workload.get("spec") or {}).get("replicas")
+    available = int((workload.get("status") or {}).get("availableReplicas") or 0)
+    return available >= int(1 if wanted is None else wanted)
+
+
 def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
     """Whether this generation of the spec was already found invalid."""
     if previous is None or previous.state != "Failed" or previous.observed_generation != generation:
@@ -202,28 +219,23 @@ def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
     return any(c.type == "Failed" and c.status == "True" and c.reason == "InvalidSpec" for c in previous.conditions)
 
 
-def _resolve_manifest(kube: Kube, namespace: str, spec: NIMServiceSpec) -> ModelManifest | None:
-    """The manifest from the named ConfigMap, or the catalog, or None when neither knows the model."""
-    if not spec.model_manifest:
-        return manifest_for(spec)
-    where = f"spec.modelManifest: ConfigMap {namespace}/{spec.model_manifest}"
-    data = kube.read_config_map(namespace, spec.model_manifest)
-    if data is None:
-        raise _Refusal(Failure("InvalidManifest", f"{where} does not exist"))
-    if MANIFEST_KEY not in data:
-        raise _Refusal(Failure("InvalidManifest", f"{where} has no key {MANIFEST_KEY}"))
-    try:
-        return parse_manifest(data[MANIFEST_KEY])
-    except ValueError as err:
-        raise _Refusal(Failure("InvalidManifest", f"{where} holds an invalid manifest: {err}")) from err
-
-
 class Reconciler:
     """Holds the shared, watched facts (GPU nodes) and serialises work per NIMService."""
 
-    def __init__(self, kube: Kube, emit: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        emit: EventSink | None = None,
+        *,
+        discovery: ManifestDiscovery | None = None,
+        runtime_repository: str | None = None,
+    ) -> None:
         self.kube = kube
         self.emit = emit or (lambda body, kind, reason, message: None)
+        # Images' own manifests, probed once per image (shared with the NIMCache reconciler), and the
+        # repository of the operator's runtime image, which takes our catalog's ids without a probe.
+        self.discovery = discovery or ManifestDiscovery(kube)
+        self.runtime_repository = runtime_repository
         # GPU facts of the schedulable nodes (what new decisions count on) and of the cordoned ones (which
         # keep a decision made for their product: maintenance is not removal).
         self.nodes: dict[str, NodeGpuFacts] = {}
@@ -383,11 +395,19 @@ class Reconciler:
             if (unsupported := unsupported_message(spec)) is not None:
                 # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
                 raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
-            manifest = _resolve_manifest(self.kube, owner.namespace, spec)
+            choice = resolve_manifest(
+                self.kube, self.discovery, owner.namespace, owner.name, spec, runtime_repository=self.runtime_repository
+            )
+            if choice.refusal is not None:
+                raise _Refusal(choice.refusal)
+            manifest = choice.manifest
             nodes = selection_nodes(list(self.nodes.values()), self.dra.dra_only(), cordoned=set(self.cordoned))
-            decision, pstatus = self._choose(spec, manifest, previous, generation, nodes, (owner.namespace, owner.name))
+            decision, pstatus = self._choose(
+                spec, manifest, previous, generation, nodes, (owner.namespace, owner.name), about=choice.about
+            )
             workload, placement, pstatus = self._plan(owner, spec, manifest, decision, nodes, pstatus)
             mount, waiting = self._cache_mount(owner.namespace, spec)
+            waiting = waiting or choice.waiting
             missing: list[str] = []
             if waiting is None:
                 blocked = self._surge_blocked(owner)
@@ -405,7 +425,9 @@ class Reconciler:
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = self._workload_state(owner, spec, applied)
-        problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
+        problem = find_pod_problem(self.pods_of(owner.namespace, owner.name)) or replica_failure(deployment)
+        if problem is None and waiting is None and not _available(deployment):
+            problem = self._claim_problem(owner, spec, mount)
         if waiting is not None:
             problem = PodProblem(waiting.reason, waiting.message)
         outcome.status = compute_status(
@@ -425,6 +447,7 @@ class Reconciler:
         ready = next(c for c in outcome.status.conditions if c.type == "Ready")
         # Announced only when status shows it too, so an Event never says what status does not.
         shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
+        shown = shown and ready.reason != DISCOVERING  # a running manifest probe is routine, no Warning
         self._announce(body, owner, problem if shown else None)
         return outcome
 
@@ -432,7 +455,7 @@ class Reconciler:
         self,
         owner: Owner,
         spec: NIMServiceSpec,
-        manifest: ModelManifest | None,
+        manifest: ProfileSet | None,
         decision: ProfileDecision | None,
         nodes: list[NodeGpuFacts],
         pstatus: ProfileStatus,
@@ -477,6 +500,13 @@ class Reconciler:
         if deployment is None and self.kube.applied.exists(key) is not False:
             deployment = self.kube.get(*key)
         return deployment if spec.multi_node is None else lws_render.readiness_view(deployment)
+
+    def _claim_problem(self, owner: Owner, spec: NIMServiceSpec, mount: CacheMount | None) -> PodProblem | None:
+        """A claim the pods mount that is not bound (read only while replicas are missing)."""
+        claim = pvc_name(owner, spec, mount)
+        if claim is None:
+            return None
+        return unbound_claim(claim, self.kube.get("v1", "PersistentVolumeClaim", owner.namespace, claim))
 
     def _surge_blocked(self, owner: Owner) -> bool:
         """Whether a rollout is under way and its new pod cannot be scheduled for lack of room (a surge pod
@@ -532,11 +562,13 @@ class Reconciler:
     def _choose(
         self,
         spec: NIMServiceSpec,
-        manifest: ModelManifest | None,
+        manifest: ProfileSet | None,
         previous: NIMServiceStatus | None,
         generation: int,
         nodes: list[NodeGpuFacts],
         key: tuple[str, str],
+        *,
+        about: str = "",
     ) -> tuple[ProfileDecision | None, ProfileStatus]:
         """The profile decision and its status; none when no manifest is known or the user's DRA claims
         choose the devices (the runtime then chooses from the GPUs it gets). ``nodes`` are the schedulable
@@ -554,11 +586,8 @@ class Reconciler:
             )
             return None, profile_status(None, unmanaged_reason=reason)
         if manifest is None:
-            model = spec.model.name if spec.model and spec.model.name else spec.image.repository
-            reason = (
-                f"no manifest is known for {model}: deployed with the resources and scheduling given in the "
-                "spec; the runtime selects its profile"
-            )
+            # Where the manifest would have come from, and why it did not (see manifest_source).
+            reason = f"{about}; deployed with the resources and scheduling given in the spec"
             return None, profile_status(None, unmanaged_reason=reason)
         inputs = placement_inputs(spec)
         before = previous.profile if previous is not None else None
@@ -590,7 +619,7 @@ class Reconciler:
             if spec.profile and manifest.profile(spec.profile) is None:
                 raise _Refusal(Failure("UnknownProfile", f"spec.profile: {err}"), failed) from err
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
-        status = profile_status(decision)
+        status = profile_status(decision, manifest=manifest)
         status.inputs = inputs
         if sticky and before is not None and _same_placement(before, status):
             # Kept where it was: how many GPUs are free at this moment (other services' pods come and go)

@@ -17,6 +17,7 @@ from nim_operator.api.common import Model as _Model
 from nim_operator.api.dra import DRAResource
 from nim_operator.api.expose import Expose, Router
 from nim_operator.api.multinode import MultiNode
+from nim_runtime.profiles.manifest import Engine, Precision
 
 PlatformType = Literal["standalone", "kserve"]
 
@@ -193,10 +194,10 @@ class GpuProduct(_Model):
 
 
 class ProfileSelectorSpec(_Model):
-    engine: Literal["vllm"] | None = Field(default=None, description="Inference engine.")
-    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
-        default=None, description="Precision."
+    engine: Engine | None = Field(
+        default=None, description="Inference engine: vllm (our runtime), or tensorrt_llm / sglang in NIM images."
     )
+    precision: Precision | None = Field(default=None, description="Precision, e.g. fp8, bf16 or NIM's int4_awq.")
     tensor_parallelism: int | None = Field(default=None, ge=1, description="GPUs per replica.")
     qos_profile: Literal["throughput", "latency"] | None = Field(default=None, description="Optimisation target.")
     lora: bool | None = Field(default=None, description="Whether the profile supports LoRA adapters.")
@@ -342,6 +343,7 @@ class Rejected(_Model):
 
 class ProfileStatus(_Model):
     id: str | None = Field(default=None, description="Chosen profile; empty when the runtime chooses.")
+    name: str | None = Field(default=None, description="Its readable name, when the id is a NIM hash.")
     tags: dict[str, str] = Field(default_factory=dict)
     gpu_products: list[str] = Field(default_factory=list)
     gpu_count: int = 0

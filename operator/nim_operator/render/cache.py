@@ -9,6 +9,7 @@ source means a new Job (the shell deletes the old one, whose hash annotation no 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,15 +118,22 @@ def capacity_bytes(size: int | str | None) -> int | None:
         return None
 
 
-def _command(spec: NIMCacheSpec, claim_size: int | None) -> tuple[str | None, list[str]]:
-    """(image override or None for the runtime image, command) of the download container."""
+def _command(
+    spec: NIMCacheSpec, claim_size: int | None, profiles: Sequence[str] | None = None
+) -> tuple[str | None, list[str]]:
+    """(image override or None for the runtime image, command) of the download container.
+
+    ``profiles``: the NGC profile ids placement chose (see ``cache_profiles``); None leaves the choice to
+    ``spec.source.ngc.model.profiles``, or to the image.
+    """
     source = spec.source
     if source.ngc is not None:
         # NVIDIA's documented entry point of every NIM image: it reads NGC_API_KEY and NIM_CACHE_PATH.
         command = ["download-to-cache"]
         model = source.ngc.model
-        if model is not None and model.profiles:
-            command += ["--profiles", *model.profiles]
+        chosen = list(profiles) if profiles is not None else (list(model.profiles) if model is not None else [])
+        if chosen:
+            command += ["--profiles", *chosen]
         return source.ngc.model_puller, command
     if source.catalog is not None:
         return None, ["nim-runtime", "download", "--catalog", source.catalog.model, "--dest", c.MODEL_STORE]
@@ -177,11 +185,16 @@ def _pull_secret(spec: NIMCacheSpec) -> str | None:
 
 
 def render_job(
-    cache: Cache, spec: NIMCacheSpec, *, runtime_image: str, runtime_pull_secrets: tuple[str, ...] = ()
+    cache: Cache,
+    spec: NIMCacheSpec,
+    *,
+    runtime_image: str,
+    runtime_pull_secrets: tuple[str, ...] = (),
+    profiles: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The download Job: non-root, read-only root, no GPU and no GPU-node selector (it needs neither)."""
     size = capacity_bytes(spec.storage.pvc.size if spec.storage.pvc and spec.storage.pvc.create else None)
-    image, command = _command(spec, size)
+    image, command = _command(spec, size, profiles)
     user = spec.user_id if spec.user_id is not None else c.DEFAULT_USER_ID
     group = spec.group_id if spec.group_id is not None else c.DEFAULT_GROUP_ID
     requests: dict[str, Any] = dict(DEFAULT_REQUESTS)

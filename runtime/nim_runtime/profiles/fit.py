@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nim_runtime.profiles import hardware as hw
-from nim_runtime.profiles.manifest import ModelManifest, Profile
+from nim_runtime.profiles.manifest import Profile, ProfileSet
 
 #: GFD's sharing kinds, as they shape what a pod's ``nvidia.com/gpu`` is.
 Sharing = str  # "" (whole GPUs), "time-slicing", "mig"
@@ -91,7 +91,7 @@ class ProfileNeeds:
     min_compute: tuple[int, int]
 
 
-def context_of(manifest: ModelManifest, profile: Profile, context_cap: int | None) -> int:
+def context_of(manifest: ProfileSet, profile: Profile, context_cap: int | None) -> int:
     """Tokens one sequence may hold: the model's, capped by the profile and by the user's NIM_MAX_MODEL_LEN."""
     caps = [manifest.max_model_len, profile.max_model_len, context_cap]
     return min(c for c in caps if c is not None)
@@ -107,7 +107,7 @@ def _kv_bytes(profile: Profile) -> float:
     return max(hw.WEIGHT_BYTES[profile.precision], 2)
 
 
-def _arch_args(manifest: ModelManifest, profile: Profile) -> dict[str, float | int | str] | None:
+def _arch_args(manifest: ProfileSet, profile: Profile) -> dict[str, float | int | str] | None:
     arch = manifest.architecture
     if arch is None:
         return None
@@ -125,7 +125,7 @@ def _arch_args(manifest: ModelManifest, profile: Profile) -> dict[str, float | i
     }
 
 
-def needs_of(manifest: ModelManifest, profile: Profile, context_cap: int | None = None) -> ProfileNeeds:
+def needs_of(manifest: ProfileSet, profile: Profile, context_cap: int | None = None) -> ProfileNeeds:
     memory = None
     args = _arch_args(manifest, profile)
     if args is not None and profile.device == "gpu":
@@ -139,9 +139,7 @@ def needs_of(manifest: ModelManifest, profile: Profile, context_cap: int | None 
     )
 
 
-def _memory_misfit(
-    manifest: ModelManifest, profile: Profile, needs: ProfileNeeds, memory_mib: int | None
-) -> str | None:
+def _memory_misfit(manifest: ProfileSet, profile: Profile, needs: ProfileNeeds, memory_mib: int | None) -> str | None:
     if needs.min_memory_mib is None:
         return None
     if memory_mib is None:
@@ -160,7 +158,7 @@ def _memory_misfit(
 
 
 def shape_misfit(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     profile: Profile,
     needs: ProfileNeeds,
     *,
@@ -176,6 +174,8 @@ def shape_misfit(
         return f"is {product}, not in profileSelector.gpus"
     if profile.gpu is not None and not hw.gpu_matches(profile.gpu, product):
         return f"is {product}, not {profile.gpu}"
+    if (device := hw.device_misfit(profile.gpu_device, product)) is not None:
+        return device
     known = hw.by_product(product)
     compute = compute or (known.compute if known else None)
     if compute is not None and compute < needs.min_compute:
@@ -190,7 +190,7 @@ def shape_misfit(
 
 
 def node_misfit(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     profile: Profile,
     needs: ProfileNeeds,
     node: NodeGpuFacts,
@@ -215,7 +215,7 @@ def node_misfit(
 
 
 def option_misfit(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     profile: Profile,
     needs: ProfileNeeds,
     option: ScaleUpOption,

@@ -28,9 +28,15 @@ PRECISION_MIN_COMPUTE: dict[str, tuple[int, int]] = {
     "fp32": (7, 0),
     "int8": (7, 0),
     "int4": (7, 0),
+    # NIM's 4-bit floats run on Blackwell (10.0) only.
+    "nvfp4": (10, 0),
+    "fp4": (10, 0),
 }
-#: Bytes per weight by precision.
-WEIGHT_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+#: Bytes per weight by precision (NIM's weight-only and AWQ formats by their weights).
+WEIGHT_BYTES: dict[str, float] = {
+    "fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int8_wo": 1,
+    "int4": 0.5, "int4_wo": 0.5, "int4_awq": 0.5, "w4a16": 0.5, "nvfp4": 0.5, "mxfp4": 0.5, "fp4": 0.5,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,33 +50,65 @@ class GpuModel:
     memory_mib: int
     aws_name: str | None = None
     gke_accelerator: str | None = None
+    #: PCI device id (NIM manifests' ``gpu_device`` without the vendor): tells an H100 SXM from an H100 NVL,
+    #: which share a family name while TensorRT-LLM engines are built for one of them.
+    device_id: str | None = None
 
 
 #: The GPUs this table knows. Memory as GFD reports it (MiB per GPU).
 GPUS: tuple[GpuModel, ...] = (
-    GpuModel("NVIDIA-H200", "H200", "hopper", (9, 0), 143771, "h200", "nvidia-h200-141gb"),
-    GpuModel("NVIDIA-H100-80GB-HBM3", "H100", "hopper", (9, 0), 81559, "h100", "nvidia-h100-80gb"),
-    GpuModel("NVIDIA-H100-NVL", "H100", "hopper", (9, 0), 95830, None, None),
-    GpuModel("NVIDIA-A100-SXM4-80GB", "A100", "ampere", (8, 0), 81920, "a100", "nvidia-a100-80gb"),
-    GpuModel("NVIDIA-A100-SXM4-40GB", "A100", "ampere", (8, 0), 40960, "a100", "nvidia-tesla-a100"),
-    GpuModel("NVIDIA-L40S", "L40S", "ada-lovelace", (8, 9), 46068, "l40s", None),
-    GpuModel("NVIDIA-L4", "L4", "ada-lovelace", (8, 9), 23034, "l4", "nvidia-l4"),
-    GpuModel("NVIDIA-A10G", "A10G", "ampere", (8, 6), 23028, "a10g", None),
-    GpuModel("Tesla-T4", "T4", "turing", (7, 5), 15360, "t4", "nvidia-tesla-t4"),
-    GpuModel("Tesla-V100-SXM2-16GB", "V100", "volta", (7, 0), 16384, "v100", "nvidia-tesla-v100"),
+    GpuModel("NVIDIA-H200", "H200", "hopper", (9, 0), 143771, "h200", "nvidia-h200-141gb", "2335"),
+    GpuModel("NVIDIA-H100-80GB-HBM3", "H100", "hopper", (9, 0), 81559, "h100", "nvidia-h100-80gb", "2330"),
+    GpuModel("NVIDIA-H100-NVL", "H100", "hopper", (9, 0), 95830, None, None, "2321"),
+    GpuModel("NVIDIA-A100-SXM4-80GB", "A100", "ampere", (8, 0), 81920, "a100", "nvidia-a100-80gb", "20b2"),
+    GpuModel("NVIDIA-A100-SXM4-40GB", "A100", "ampere", (8, 0), 40960, "a100", "nvidia-tesla-a100", "20b0"),
+    GpuModel("NVIDIA-L40S", "L40S", "ada-lovelace", (8, 9), 46068, "l40s", None, "26b5"),
+    GpuModel("NVIDIA-L4", "L4", "ada-lovelace", (8, 9), 23034, "l4", "nvidia-l4", "27b8"),
+    GpuModel("NVIDIA-A10G", "A10G", "ampere", (8, 6), 23028, "a10g", None, "2237"),
+    GpuModel("Tesla-T4", "T4", "turing", (7, 5), 15360, "t4", "nvidia-tesla-t4", "1eb8"),
+    GpuModel("Tesla-V100-SXM2-16GB", "V100", "volta", (7, 0), 16384, "v100", "nvidia-tesla-v100", "1db1"),
 )
 
 
 def _tokens(name: str) -> list[str]:
-    return name.upper().replace("_", "-").replace(" ", "-").split("-")
+    return [t for t in name.upper().replace("_", "-").replace(" ", "-").split("-") if t and t != "NVIDIA"]
 
 
 def gpu_matches(family: str, product: str) -> bool:
-    """Whether a product (``NVIDIA-H100-80GB-HBM3``) is of a family (``H100``), or is that product.
+    """Whether a product (``NVIDIA-H100-80GB-HBM3``) is of a family or profile tag (``H100``), or is that
+    product.
 
-    Token match, not substring, so ``A10`` never matches ``NVIDIA-A100-SXM4-80GB``.
+    Every token of the tag must be a token of the product, so ``A10`` never matches
+    ``NVIDIA-A100-SXM4-80GB``, and NIM's ``H100_NVL`` matches ``NVIDIA-H100-NVL`` but not
+    ``NVIDIA-H100-80GB-HBM3`` (``H100`` matches both).
     """
-    return family.upper() in _tokens(product) or family.casefold() == product.casefold()
+    wanted, have = _tokens(family), set(_tokens(product))
+    return family.casefold() == product.casefold() or (bool(wanted) and all(t in have for t in wanted))
+
+
+def device_id(tag: str | None) -> str | None:
+    """NIM's ``gpu_device`` (``2330:10de``, or ``0x2330``) as the bare lowercase device id; None when absent."""
+    if not tag:
+        return None
+    return tag.strip().lower().split(":", 1)[0].removeprefix("0x") or None
+
+
+def device_misfit(device: str | None, product: str) -> str | None:
+    """Why a node of ``product`` is not the device a profile was built for, or None (also when either id
+    is unknown: the ``gpu`` tag then decides alone)."""
+    known = by_product(product)
+    have = known.device_id if known else None
+    if device is None or have is None or have == device:
+        return None
+    return f"is {product} (device {have}), profile is built for device {device}"
+
+
+def gpu_specificity(family: str | None, device: str | None) -> int:
+    """How precisely a profile names its GPU: a device id beats a name, a longer name a shorter one
+    (``H100_NVL`` over ``H100``), any name none. Ranks profiles that fit the same nodes."""
+    if family is None and device is None:
+        return 0
+    return (100 if device else 0) + len(_tokens(family or ""))
 
 
 def by_product(product: str) -> GpuModel | None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from nim_runtime.profiles import hardware as hw
 from nim_runtime.profiles.fit import NodeGpuFacts, ScaleUpOption, needs_of, node_misfit, option_misfit
-from nim_runtime.profiles.manifest import PRECISION_BITS, ModelManifest, Profile
+from nim_runtime.profiles.manifest import PRECISION_BITS, ModelManifest, Profile, ProfileSet
 
 gpu_matches = hw.gpu_matches
 
@@ -118,14 +118,15 @@ def _why_nowhere(misfits: dict[str, str], nodes: Sequence[NodeGpuFacts], pool_mi
     return text
 
 
-def _rank(profile: Profile, availability: Availability) -> tuple[bool, bool, bool, bool, int, int, int, str]:
-    """Sort key: GPU before CPU, hardware-specific before generic, throughput before latency, without LoRA
-    before with, fewer bits, then runnable now before after a scale-up (before waiting for busy GPUs),
-    then fewer GPUs per replica (more for latency), then id."""
+def _rank(profile: Profile, availability: Availability) -> tuple[bool, int, bool, bool, int, int, int, str]:
+    """Sort key: GPU before CPU, hardware-specific before generic (a device id or a longer product name
+    before a shorter one), throughput before latency, without LoRA before with, fewer bits, then runnable
+    now before after a scale-up (before waiting for busy GPUs), then fewer GPUs per replica (more for
+    latency), then id."""
     gpus = -profile.gpus if profile.mode == "latency" else profile.gpus
     return (
         profile.device == "cpu",
-        profile.gpu is None,
+        -hw.gpu_specificity(profile.gpu, profile.gpu_device),
         profile.mode != "throughput",
         profile.lora,
         PRECISION_BITS[profile.precision],
@@ -133,6 +134,23 @@ def _rank(profile: Profile, availability: Availability) -> tuple[bool, bool, boo
         gpus,
         profile.id,
     )
+
+
+def _ranked(entry: tuple[Profile, Availability, _Where]) -> tuple[object, ...]:
+    """:func:`_rank`, with ties before the id broken by what the profiles stand for: between equal
+    profiles tuned for different GPUs (an fp8 engine for H100 and one for L40S) the larger GPU keeps more
+    KV cache; then an engine that starts at once before one TensorRT-LLM builds at start; then vLLM (NIM's
+    default) before SGLang. The id alone would decide by the spelling of a name, or by a NIM hash."""
+    profile, availability, where = entry
+    *rank, id_ = _rank(profile, availability)
+    memory = max([n.memory_mib or 0 for n in where.now + where.busy] + [p.memory_mib or 0 for p in where.pools] + [0])
+    return (*rank, -memory, profile.buildable, profile.engine == "sglang", id_)
+
+
+def _label(manifest: ProfileSet, id_: str) -> str:
+    """A profile as messages name it: NIM's hash ids with their readable name."""
+    profile = manifest.profile(id_)
+    return profile.label if profile is not None else id_
 
 
 def _products(nodes: Iterable[NodeGpuFacts], pools: Iterable[ScaleUpOption] = ()) -> tuple[str, ...]:
@@ -156,7 +174,7 @@ class _Where:
 
 
 def _where(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     profile: Profile,
     nodes: Sequence[NodeGpuFacts],
     capacity: Sequence[ScaleUpOption],
@@ -233,7 +251,7 @@ def _reason(chosen: Profile, availability: Availability, where: _Where, products
 
 
 def select_profile(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     nodes: Sequence[NodeGpuFacts],
     *,
     selector: ProfileSelector | None = None,
@@ -275,12 +293,12 @@ def select_profile(
             feasible.append((profile, availability, where))
 
     if not feasible:
-        lines = "; ".join(f"{r.id}: {r.why}" for r in rejected)
+        lines = "; ".join(f"{_label(manifest, r.id)}: {r.why}" for r in rejected)
         raise ProfileError(
             f"no profile of {manifest.name} fits this cluster, now or after a scale-up ({lines})", rejected
         )
 
-    feasible.sort(key=lambda entry: _rank(entry[0], entry[1]))
+    feasible.sort(key=_ranked)
     kept = next((e for e in feasible if e[0].id == previous), None)
     chosen, availability, where = kept or feasible[0]
     if kept is not None:
@@ -321,7 +339,7 @@ def _keep_pools(where: _Where, labels: Collection[str] | None) -> _Where:
 
 
 def _pinned_decision(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     nodes: Sequence[NodeGpuFacts],
     pinned: str,
     selector: ProfileSelector,
@@ -333,7 +351,7 @@ def _pinned_decision(
     if profile is None:
         raise ProfileError(
             f"profile {pinned!r} is not in the manifest of {manifest.name}; "
-            f"valid profiles: {', '.join(manifest.profile_ids)}"
+            f"valid profiles: {', '.join(manifest.profile_labels)}"
         )
     where = _where(manifest, profile, nodes, capacity, selector, context_cap)
     availability = _availability(where, profile, selector) or "waiting"
