@@ -60,7 +60,12 @@ GPU_CATALOG_LABEL = "nimoperator.dev/gpu-catalog"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 
 # The runtime contract.
+#: The NIM container of a NIMService's pods (init and sidecar containers may not take its name).
+NIM_CONTAINER = "nim"
 API_PORT_NAME = "api"
+#: NVIDIA's names for the optional ports of spec.expose.service (gRPC, a separate metrics endpoint).
+GRPC_PORT_NAME = "grpc"
+METRICS_PORT_NAME = "metrics"
 DEFAULT_PORT = 8000
 MODEL_STORE = "/model-store"
 LIVE_PATH = "/v1/health/live"

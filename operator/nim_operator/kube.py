@@ -78,11 +78,21 @@ PLURALS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     ("resource.k8s.io/v1", "ResourceClaimTemplate"): "resourceclaimtemplates",
+    # The router (render/router.py, render/epp.py) and KServe (render/kserve.py).
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "ConfigMap"): "configmaps",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "grpcroutes",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
 }
-#: Kinds the operator only reads: the DRA objects a NIMService's claims name.
+#: Kinds the operator only reads: the DRA objects a NIMService's claims name, the Gateway its routes name.
 READ_PLURALS: dict[tuple[str, str], str] = {
     ("resource.k8s.io/v1", "ResourceClaim"): "resourceclaims",
     ("resource.k8s.io/v1", "DeviceClass"): "deviceclasses",
+    ("gateway.networking.k8s.io/v1", "Gateway"): "gateways",
 }
 
 

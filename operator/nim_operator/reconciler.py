@@ -30,6 +30,7 @@ from nim_operator.cache_mount import CacheMount, cache_mount
 from nim_operator.cluster_capacity import ClusterCapacity
 from nim_operator.discovery import ManifestDiscovery
 from nim_operator.dra_inventory import DraInventory
+from nim_operator.integration_status import status_extras
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
 from nim_operator.manifest_source import DISCOVERING, resolve_manifest
@@ -53,6 +54,7 @@ from nim_operator.pod_health import (
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
 from nim_operator.render.deployment import pvc_name
+from nim_operator.render.router import ROUTED_CONDITION, route_refusal
 from nim_operator.status import Failure, compute_status
 from nim_operator.workload import (
     Workload,
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 #: Children that may be deleted and created again when an edit by someone else blocks our apply: nothing
 #: of theirs is lost (a Deployment's pods, a claim's data would be).
 RECREATABLE_KINDS = frozenset({"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"})
+#: The kinds that run the pods: applied before every other child.
+WORKLOAD_KINDS = frozenset({"Deployment", "InferenceService"})
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
@@ -100,13 +104,11 @@ def _validation_message(err: ValidationError) -> str:
 def _missing_api(child: Child, err: KindNotServed) -> str:
     """The Degraded text for an optional child whose API is absent; a required one refuses the spec."""
     if child.requires is None:
-        raise _Refusal(
-            Failure(
-                "MissingAPI",
-                f"{err}: the {child.kind} this spec asks for cannot be created; install its CRDs (retried "
-                "without a spec edit) or remove the field that asks for it",
-            )
+        text = child.unserved or (
+            f"the {child.kind} this spec asks for cannot be created; install its CRDs (retried without a spec "
+            "edit) or remove the field that asks for it"
         )
+        raise _Refusal(Failure("MissingAPI", f"{err}: {text}"))
     return f"{err}: {child.requires}"
 
 
@@ -409,6 +411,8 @@ class Reconciler:
             mount, waiting = self._cache_mount(owner.namespace, spec)
             waiting = waiting or choice.waiting
             missing: list[str] = []
+            if (refused := route_refusal(owner, spec)) is not None:
+                raise _Refusal(Failure(*refused))
             if waiting is None:
                 blocked = self._surge_blocked(owner)
                 children = render_children(
@@ -425,7 +429,8 @@ class Reconciler:
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = self._workload_state(owner, spec, applied)
-        problem = find_pod_problem(self.pods_of(owner.namespace, owner.name)) or replica_failure(deployment)
+        pods = self.pods_of(owner.namespace, owner.name)
+        problem = find_pod_problem(pods) or replica_failure(deployment)
         if problem is None and waiting is None and not _available(deployment):
             problem = self._claim_problem(owner, spec, mount)
         if waiting is not None:
@@ -442,6 +447,7 @@ class Reconciler:
             now=_now(),
             pod_problem=problem,
             missing=missing,
+            extras=status_extras(self.kube, owner, spec, applied, pods),
         )
         outcome.status_written = self._write_status(body, owner, previous, outcome.status)
         ready = next(c for c in outcome.status.conditions if c.type == "Ready")
@@ -497,7 +503,8 @@ class Reconciler:
             with self._guard:
                 deployment = applied.get(lws_render.KIND) or self._groups.get((owner.namespace, owner.name))
             key = (lws_render.API_VERSION, lws_render.KIND, owner.namespace, lws_render.lws_name(owner))
-        if deployment is None and self.kube.applied.exists(key) is not False:
+        kserve = spec.inference_platform == "kserve"  # KServe's Deployment is not ours to read
+        if deployment is None and not kserve and self.kube.applied.exists(key) is not False:
             deployment = self.kube.get(*key)
         return deployment if spec.multi_node is None else lws_render.readiness_view(deployment)
 
@@ -665,7 +672,9 @@ class Reconciler:
         live: dict[str, dict[str, Any]] = {}
         created: list[dict[str, Any]] = []
         try:
-            for child in sorted(changed, key=lambda ch: ch.kind != "Deployment"):
+            # The workload first (a Deployment, or KServe's InferenceService): if it is refused, or its API is
+            # absent, nothing else was created, and nothing is created and rolled back on every retry.
+            for child in sorted(changed, key=lambda ch: ch.kind not in WORKLOAD_KINDS):
                 body = child.body or {}
                 if child.kind in recreate:
                     self._recreate(owner, child)
@@ -674,7 +683,8 @@ class Reconciler:
                 except KindNotServed as err:
                     missing.append(_missing_api(child, err))
                     continue
-                live[child.kind] = obj
+                if child.name == owner.name:  # not the endpoint picker's Deployment or Service
+                    live[child.kind] = obj
                 outcome.applied.append(f"{child.kind}/{child.name}")
                 if was_created:
                     created.append(body)
@@ -855,4 +865,14 @@ class Reconciler:
                 self.emit(body, "Warning", failed.reason, failed.message)
             elif before_state is not None:
                 self.emit(body, "Normal", status.state, f"state {before_state} -> {status.state}")
+        self._announce_route(body, previous, status)
         return True
+
+    def _announce_route(
+        self, body: Mapping[str, Any], previous: NIMServiceStatus | None, status: NIMServiceStatus
+    ) -> None:
+        """A Warning Event when the routes stop attaching, or why they do not changes (a Gateway missing)."""
+        now = next((c for c in status.conditions if c.type == ROUTED_CONDITION), None)
+        before = next((c for c in previous.conditions if c.type == ROUTED_CONDITION), None) if previous else None
+        if now is not None and now.status == "False" and (before is None or before.reason != now.reason):
+            self.emit(body, "Warning", now.reason, now.message)

@@ -110,6 +110,27 @@ def test_pods_are_only_read(values: dict[str, Any]) -> None:
     assert all(v == {"get", "list", "watch"} for v in verbs), verbs
 
 
+@pytest.mark.parametrize("values", [{}, NAMESPACED])
+def test_the_endpoint_pickers_rbac_writes_can_be_left_out(values: dict[str, Any]) -> None:
+    """The picker's ServiceAccount, Role, RoleBinding and ConfigMap are the only RBAC objects and ConfigMap
+    writes the operator makes; rbac.endpointPicker=false leaves those kinds read-only (still watched)."""
+
+    def rules_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        return [rule for d in roles if not d["metadata"]["name"].endswith("crd-upgrade") for rule in d["rules"]]
+
+    picker = {"roles", "rolebindings", "serviceaccounts", "configmaps"}
+    on = rules_of(render(values))
+    assert picker | {"inferencepools", "httproutes", "grpcroutes", "inferenceservices"} <= rule_resources(on)
+    assert all(not {"bind", "escalate", "impersonate"} & set(rule["verbs"]) for rule in on)
+    assert any("create" in rule["verbs"] for rule in on if "roles" in rule["resources"])
+    off = rules_of(render({**values, "rbac": {"endpointPicker": False}}))
+    assert {"httproutes", "inferencepools", "inferenceservices", "gateways"} <= rule_resources(off)
+    read_only = [rule["verbs"] for rule in off if picker & set(rule["resources"])]
+    assert read_only
+    assert all(verbs == ["get", "list", "watch"] for verbs in read_only), read_only
+
+
 def test_crd_upgrade_hook_carries_every_chart_crd() -> None:
     docs = render()
     configmap = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("crd-upgrade"))

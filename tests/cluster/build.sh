@@ -124,6 +124,11 @@ else
     echo "node images built in $(( $(date +%s) - start ))s"
 fi
 
+# The CRDs of the router's and KServe's objects and the reference endpoint picker, from their projects'
+# Go modules (router.sh).
+source "$CLUSTER_DIR/router.sh"
+router_build
+
 # The Makefile runs this after creating the venv; tests and the demo call helm from there.
 if [[ -d $REPO/.venv/bin ]]; then
     ln -sfn "$BIN/helm" "$REPO/.venv/bin/helm"

@@ -11,6 +11,7 @@ source "$CLUSTER_DIR/real-nodes.sh"
 source "$CLUSTER_DIR/lws.sh"
 source "$CLUSTER_DIR/karpenter.sh"
 source "$CLUSTER_DIR/dra.sh"
+source "$CLUSTER_DIR/router.sh"
 
 PKI=$STATE/pki
 LOGS=$STATE/logs
@@ -262,6 +263,8 @@ for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     wait_for "node real-$n to register" 60 k get node "real-$n"
 done
 wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
+# Gateway API and InferencePool CRDs (router.sh), as a cluster with a Gateway implementation has them.
+router_crds_install k
 wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
 # Cluster add-ons the real nodes' pods use (a cluster without real nodes runs neither).
 addons_up() {

@@ -12,10 +12,22 @@ from typing import Any, Literal
 from pydantic import Field
 
 from nim_operator import constants as c
-from nim_operator.api.common import ContainerSpec, Image, k8s_object, k8s_objects, quantities, quantity, rules
+from nim_operator.api.common import (
+    CONTAINER_RULES,
+    ContainerSpec,
+    Image,
+    extra_containers,
+    k8s_object,
+    k8s_objects,
+    quantities,
+    quantity,
+    rules,
+)
 from nim_operator.api.common import Model as _Model
 from nim_operator.api.dra import DRAResource
+from nim_operator.api.expose import SPEC_RULES as ROUTER_RULES
 from nim_operator.api.expose import Expose, Router
+from nim_operator.api.kserve import SPEC_RULES as KSERVE_RULES
 from nim_operator.api.multinode import MultiNode
 from nim_runtime.profiles.manifest import Engine, Precision
 
@@ -209,7 +221,10 @@ class Proxy(_Model):
     https_proxy: str | None = Field(default=None, description="HTTPS_PROXY of the containers.")
     no_proxy: str | None = Field(default=None, description="NO_PROXY of the containers.")
     cert_config_map: str | None = Field(
-        default=None, description="ConfigMap with the proxy's CA certificates, added to the trusted bundle."
+        default=None,
+        description="ConfigMap whose *.crt and *.pem keys (PEM CA certificates, e.g. the proxy's) are added to "
+        "the image's trusted bundle by an init container at each pod start; SSL_CERT_FILE and "
+        "REQUESTS_CA_BUNDLE point at the result.",
     )
 
 
@@ -233,6 +248,9 @@ class NIMServiceSpec(_Model):
             "!(has(self.router) && has(self.expose) && has(self.expose.router))",
             "set spec.expose.router or spec.router (the same router), not both",
         ),
+        *ROUTER_RULES,
+        *KSERVE_RULES,
+        *CONTAINER_RULES,
     )
 
     image: Image = Field(description="The runtime image.")
@@ -304,14 +322,25 @@ class NIMServiceSpec(_Model):
     startup_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}, up to 20 minutes.")
     user_id: int = Field(default=c.DEFAULT_USER_ID, ge=1, alias="userID", description="Pod runAsUser (non-root).")
     group_id: int = Field(default=c.DEFAULT_GROUP_ID, ge=0, alias="groupID", description="Pod runAsGroup and fsGroup.")
-    proxy: Proxy | None = Field(default=None, description="HTTP(S) proxy of the containers and its CA bundle.")
+    proxy: Proxy | None = Field(
+        default=None,
+        description="HTTP(S) proxy of the containers (HTTP_PROXY, HTTPS_PROXY, NO_PROXY, upper and lower case) and "
+        "a ConfigMap of CA certificates (*.crt, *.pem keys) added to the trusted bundle at /etc/ssl.",
+    )
     multi_node: MultiNode | None = Field(default=None, description="Serve each replica across several nodes.")
     inference_platform: PlatformType = Field(
         default="standalone",
         description="standalone (a Deployment; the default) or kserve (a KServe InferenceService).",
     )
-    init_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run before the NIM.")
-    sidecar_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run beside the NIM.")
+    init_containers: list[ContainerSpec] = extra_containers(
+        "Containers run in order before the NIM (after the CA bundle's, with proxy.certConfigMap). They get the "
+        "NIM's env (their own wins), the model store, /scratch shared with the pod, and the restricted security "
+        "context unless they set one."
+    )
+    sidecar_containers: list[ContainerSpec] = extra_containers(
+        "Containers run beside the NIM, with its env (their own wins) and volume mounts, /scratch shared with "
+        "the pod, and the restricted security context unless they set one."
+    )
 
     @property
     def autoscaling(self) -> bool:

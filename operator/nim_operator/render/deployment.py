@@ -9,6 +9,7 @@ from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec, ProbeSpec
 from nim_operator.placement import Placement
 from nim_operator.render.meta import Owner, child_labels, child_metadata, selector_labels
+from nim_operator.render.pod_extras import container_ports, nim_env, restricted_security_context, with_extras
 
 if TYPE_CHECKING:  # at run time cache_mount imports status, which imports the renderers
     from nim_operator.cache_mount import CacheMount
@@ -79,6 +80,7 @@ def _env(spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = 
             {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.auth_secret, "key": key, "optional": True}}}
             for key in c.SECRET_KEYS
         ]
+    ours += nim_env(spec)
     user_names = {e.get("name") for e in spec.env}
     return [e for e in ours if e["name"] not in user_names] + [copy.deepcopy(e) for e in spec.env]
 
@@ -208,22 +210,19 @@ def _container(
     spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str, Any]], cache: CacheMount | None = None
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "nim",
+        "name": c.NIM_CONTAINER,
         "image": f"{spec.image.repository}:{spec.image.tag}",
         "env": _env(spec, placement, cache),
-        "ports": [{"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"},
+            *container_ports(spec),
+        ],
         "resources": _resources(spec, placement),
         "volumeMounts": mounts,
         # A runtime that exits at start (an unknown NIM_MODEL_PROFILE, a model that fails to load) writes
         # no termination message file; its last log lines become the message, which status then shows.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(),
     }
     if spec.image.pull_policy:
         container["imagePullPolicy"] = spec.image.pull_policy
@@ -280,6 +279,7 @@ def render_deployment(
         "imagePullSecrets": [{"name": s} for s in spec.image.pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    pod_spec = with_extras(pod_spec, spec)
     annotations = dict(spec.annotations)
     # Karpenter never voluntarily disrupts (consolidates, drifts) a node under a GPU pod: a replica moved
     # loads its model again for minutes. Lifting it once the pod is Ready would take a pod write per start,
