@@ -375,6 +375,16 @@ class Reconciler:
         result = "failed" if failed else ("applied" if outcome.applied or outcome.deleted else "noop")
         metrics.RECONCILES.labels(result).inc()
         metrics.STATES.set(meta["namespace"], meta["name"], outcome.status.state)
+        if result != "noop":
+            # Only reconciles that changed something: a resync of a thousand steady services logs nothing.
+            log.info(
+                "reconciled %s/%s: %s; applied %s; deleted %s",
+                meta["namespace"],
+                meta["name"],
+                outcome.status.state,
+                ", ".join(outcome.applied) or "nothing",
+                ", ".join(outcome.deleted) or "nothing",
+            )
         return outcome
 
     def _reconcile(self, body: Mapping[str, Any]) -> Outcome:

@@ -71,18 +71,16 @@ def _metric(text: str, name: str, labels: str) -> float:
 
 
 def _reconciled(log: str, namespace: str, name: str) -> int:
-    """How often this operator's log (JSON lines, as the chart runs it) says it reconciled namespace/name."""
+    """How often this operator's log (JSON lines, as the chart runs it) says it changed namespace/name (the
+    reconciler logs every reconcile that applied, deleted or failed)."""
+    prefix = f"reconciled {namespace}/{name}: "
     count = 0
     for line in log.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        target = entry.get("object") or {}
-        if entry.get("message") == "Handler 'reconcile' succeeded." and (
-            target.get("namespace"),
-            target.get("name"),
-        ) == (namespace, name):
+        if str(entry.get("message", "")).startswith(prefix):
             count += 1
     return count
 

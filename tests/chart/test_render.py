@@ -112,8 +112,10 @@ def test_pods_are_only_read(values: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("values", [{}, NAMESPACED])
 def test_the_endpoint_pickers_rbac_writes_can_be_left_out(values: dict[str, Any]) -> None:
-    """The picker's ServiceAccount, Role, RoleBinding and ConfigMap are the only RBAC objects and ConfigMap
-    writes the operator makes; rbac.endpointPicker=false leaves those kinds read-only (still watched)."""
+    """The picker's ServiceAccount, Role, RoleBinding and ConfigMap are the only RBAC objects the operator
+    makes, and the only ConfigMaps it changes or deletes; rbac.endpointPicker=false leaves those kinds
+    read-only (still watched), except that ConfigMaps keep create: the operator records each image's
+    manifest in one of its own, written once."""
 
     def rules_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
@@ -126,9 +128,12 @@ def test_the_endpoint_pickers_rbac_writes_can_be_left_out(values: dict[str, Any]
     assert any("create" in rule["verbs"] for rule in on if "roles" in rule["resources"])
     off = rules_of(render({**values, "rbac": {"endpointPicker": False}}))
     assert {"httproutes", "inferencepools", "inferenceservices", "gateways"} <= rule_resources(off)
-    read_only = [rule["verbs"] for rule in off if picker & set(rule["resources"])]
+    read_only = [rule["verbs"] for rule in off if (picker - {"configmaps"}) & set(rule["resources"])]
     assert read_only
     assert all(verbs == ["get", "list", "watch"] for verbs in read_only), read_only
+    configmaps = [rule["verbs"] for rule in off if "configmaps" in rule["resources"]]
+    assert any("create" in verbs for verbs in configmaps), configmaps
+    assert all(not {"update", "patch", "delete", "deletecollection"} & set(verbs) for verbs in configmaps), configmaps
 
 
 def test_crd_upgrade_hook_carries_every_chart_crd() -> None:
