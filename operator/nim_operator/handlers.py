@@ -102,6 +102,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kube.post_event,
         runtime_image=os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE,
         runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
+        progress_interval=float(os.environ.get(c.ENV_PROGRESS_INTERVAL) or c.DEFAULT_PROGRESS_INTERVAL_S),
     )
     controller = Controller(
         reconciler,
@@ -110,6 +111,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         resync_seconds=float(os.environ.get("NIM_OPERATOR_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS)),
     )
     controller.start()
+    caches.start_progress(controller.cache_progress)
     memo["reconciler"] = reconciler
     memo["controller"] = controller
 

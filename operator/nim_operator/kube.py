@@ -396,6 +396,23 @@ class Kube:
         data: dict[str, str] = config_map.get("data") or {}
         return data
 
+    def log_tail(self, namespace: str, pod: str, container: str, *, lines: int, limit_bytes: int) -> str:
+        """The last ``lines`` lines of a container's log, at most ``limit_bytes`` of them (pods/log get)."""
+        metrics.API_READS.labels("PodLog").inc()
+        query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
+        serialized = self.api.param_serialize(
+            method="GET",
+            resource_path=f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
+            query_params=query,
+            header_params={"Accept": "text/plain"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise client.ApiException(http_resp=response)
+        return bytes(data).decode("utf-8", errors="replace")
+
     def get_own(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One of our own resources (a NIMCache a NIMService mounts), or None."""
         metrics.API_READS.labels(c.CACHE_KIND).inc()

@@ -128,7 +128,10 @@ def decide(
     previous: str | None,
 ) -> ProfileDecision:
     """Select a profile for this spec. Raises ``ProfileError`` when none fits."""
-    return select_profile(manifest, nodes, selector=selector_of(spec), pinned=spec.profile, previous=previous)
+    pinned, pinned_by = spec.pinned_profile
+    return select_profile(
+        manifest, nodes, selector=selector_of(spec), pinned=pinned, previous=previous, pinned_by=pinned_by
+    )
 
 
 def placement_of(spec: NIMServiceSpec, manifest: ModelManifest | None, decision: ProfileDecision | None) -> Placement:

@@ -154,18 +154,19 @@ def select_profile(
     selector: ProfileSelector | None = None,
     pinned: str | None = None,
     previous: str | None = None,
+    pinned_by: str = "spec.profile",
 ) -> ProfileDecision:
     """Choose the profile to run, deterministically, with a reason for every profile.
 
-    ``pinned`` (``spec.profile``) wins over everything, even when no node can run it yet: the pods
-    then wait, Pending, for the cluster autoscaler. ``previous`` is kept while it is still feasible, so
-    a node joining the cluster does not flip a running service to another profile. A selector that
-    pins GPU products keeps profiles no node can run yet, for the same autoscaler reason.
+    ``pinned`` (``spec.profile``, or the field ``pinned_by`` names) wins over everything, even when no node
+    can run it yet: the pods then wait, Pending, for the cluster autoscaler. ``previous`` is kept while it
+    is still feasible, so a node joining the cluster does not flip a running service to another profile. A
+    selector that pins GPU products keeps profiles no node can run yet, for the same autoscaler reason.
     Raises :class:`ProfileError` when nothing fits, listing what each profile lacked.
     """
     selector = selector or ProfileSelector()
     if pinned is not None:
-        return _pinned_decision(manifest, nodes, pinned, selector)
+        return _pinned_decision(manifest, nodes, pinned, selector, pinned_by)
 
     rejected: list[Rejection] = []
     feasible: list[tuple[Profile, tuple[NodeGpuFacts, ...]]] = []
@@ -220,7 +221,7 @@ def select_profile(
 
 
 def _pinned_decision(
-    manifest: ModelManifest, nodes: Sequence[NodeGpuFacts], pinned: str, selector: ProfileSelector
+    manifest: ModelManifest, nodes: Sequence[NodeGpuFacts], pinned: str, selector: ProfileSelector, pinned_by: str
 ) -> ProfileDecision:
     profile = manifest.profile(pinned)
     if profile is None:
@@ -230,10 +231,10 @@ def _pinned_decision(
         )
     misfits = {n.name: why for n in nodes if (why := _node_misfit(profile, n, selector)) is not None}
     able = tuple(n for n in nodes if n.name not in misfits)
-    reason = f"{profile.id}: pinned by spec.profile"
+    reason = f"{profile.id}: pinned by {pinned_by}"
     if not able:
         reason += f"; {_why_no_node(misfits, nodes)}, so pods stay Pending until such a node joins"
-    rejected = tuple(Rejection(p.id, f"spec.profile pins {profile.id}") for p in manifest.profiles if p != profile)
+    rejected = tuple(Rejection(p.id, f"{pinned_by} pins {profile.id}") for p in manifest.profiles if p != profile)
     return ProfileDecision(profile, _products(able), tuple(sorted(n.name for n in able)), reason, rejected)
 
 
