@@ -172,6 +172,18 @@ def _no_report(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> _Readin
     )
 
 
+def _unbound(pvc_name: str, pvc: Mapping[str, Any], scheduler: str) -> str:
+    """Why the download waits on its claim: no volume, and (often) no storage class that would make one."""
+    named = (pvc.get("spec") or {}).get("storageClassName")
+    where = (
+        f"storage class {named} has not provided a volume"
+        if named
+        else "it names no storage class, so it needs the cluster's default StorageClass (kubectl get "
+        "storageclass) or a volume made for it"
+    )
+    return f"PersistentVolumeClaim {pvc_name} is not bound: {where}; the download Job waits ({scheduler})"
+
+
 def _read(
     pvc_name: str, pvc: Mapping[str, Any] | None, job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]
 ) -> _Reading:
@@ -209,6 +221,8 @@ def _read(
     if problem is not None and problem.reason in _STUCK:
         return _Reading("Failed", problem.reason, problem.message)
     if problem is not None and problem.reason == "Unschedulable":
+        if (pvc.get("status") or {}).get("phase") != "Bound":
+            return _Reading("Pending", "PVCNotBound", _unbound(pvc_name, pvc, problem.message))
         return _Reading("Pending", "Unschedulable", problem.message)
     if last_failure is not None:
         cause = f"{last_failure.get('reason')}: {last_failure.get('message')}"

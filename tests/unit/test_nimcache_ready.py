@@ -189,3 +189,36 @@ def test_the_profiles_a_filled_cache_holds(source: dict[str, Any], expected: lis
     llama = find_manifest("meta/llama-3.1-8b-instruct")
     assert llama is not None
     assert names == (expected if expected is not None else [p.id for p in llama.profiles])
+
+
+def test_a_claim_nothing_binds_is_named_as_the_reason_the_download_waits() -> None:
+    unscheduled = {
+        "metadata": {"name": "c-job-x", "creationTimestamp": NOW},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/6 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+                }
+            ],
+        },
+    }
+    pending = {"metadata": {"name": "c-pvc"}, "spec": {}, "status": {"phase": "Pending"}}
+    status = compute_cache_status(
+        generation=1,
+        previous=None,
+        pvc_name="c-pvc",
+        pvc=pending,
+        job=_job(),
+        pods=[unscheduled],
+        failure=None,
+        now=NOW,
+    )
+    assert status.state == "Pending"
+    ready = _condition(status, "Ready")
+    assert ready.reason == "PVCNotBound"
+    assert ready.message.startswith("PersistentVolumeClaim c-pvc is not bound: it names no storage class")
+    assert "unbound immediate PersistentVolumeClaims" in ready.message
