@@ -239,6 +239,7 @@ def on_cache(name: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.timeout(1800)  # four runtime starts, two of them at once, on two shared cores
 def test_services_share_the_filled_cache_with_one_download(cluster: Cluster, release: Release, filled: Fill) -> None:
     ns = release.namespace
     bytes_before = hub_bytes(cluster, ns, filled.store)
