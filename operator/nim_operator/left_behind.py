@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from nim_operator import constants as c
+from nim_operator import metrics
 from nim_operator.kube import Kube, resource_path
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class LeftBehindFinder:
         if seen is not None and seen[0] == generation and (not seen[1] or now - seen[2] < self.recheck_s):
             return seen[1]
         query = [("labelSelector", selector)]
+        metrics.API_READS.labels(kind).inc()
         try:
             items = self.kube.request("GET", resource_path(api_version, kind, namespace), query=query)["items"]
         except client.ApiException as err:  # informational only: never fail a reconcile over it

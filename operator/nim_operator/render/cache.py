@@ -31,6 +31,8 @@ TMP_VOLUME = "tmp"
 #: Tries of a download that may yet succeed (an unreachable hub), with the Job controller's back-off.
 BACKOFF_LIMIT = 4
 DEFAULT_REQUESTS = {"cpu": "250m", "memory": "1Gi"}
+#: Seconds the downloader waits for a hub's answer (a HEAD, or the next bytes of a file) before a retry.
+HUB_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,10 @@ def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "HF_HOME", "value": "/tmp/home/.cache/huggingface"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        # huggingface_hub gives a HEAD 10 s by default; a mirror (olah, a NeMo Data Store) may hash a
+        # large file before it answers one, and took 19-37 s for a 260 MB file on a loaded node.
+        {"name": "HF_HUB_ETAG_TIMEOUT", "value": str(HUB_TIMEOUT_S)},
+        {"name": "HF_HUB_DOWNLOAD_TIMEOUT", "value": str(HUB_TIMEOUT_S)},
     ]
     hub = spec.source.hf or spec.source.data_store
     if hub is not None:
