@@ -404,7 +404,7 @@ class Kube:
             method="GET",
             resource_path=f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
             query_params=query,
-            header_params={"Accept": "text/plain"},
+            header_params={"Accept": "*/*"},  # the API server answers 406 to text/plain
             auth_settings=["BearerToken"],
         )
         response = self.api.call_api(*serialized)
