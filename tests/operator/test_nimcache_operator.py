@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -56,6 +57,21 @@ class Caches:
         return status
 
 
+@pytest.fixture
+def caches(nim: NIM) -> Iterator[Caches]:
+    """NIMCaches of the test's namespace, deleted (with their Jobs) before the namespace is: a terminating
+    namespace refuses the Jobs and claims their reconciles would re-create, and the retries would keep the
+    shared operator's workers busy for the next tests."""
+    yield Caches(nim)
+    nim.custom.delete_collection_namespaced_custom_object(c.GROUP, c.VERSION, nim.namespace, c.CACHE_PLURAL)
+    wait_for(
+        lambda: (
+            not nim.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, nim.namespace, c.CACHE_PLURAL)["items"]
+        ),
+        what="the test's NIMCaches to go",
+    )
+
+
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((x for x in status.get("conditions") or [] if x["type"] == type_), {})
 
@@ -97,8 +113,7 @@ def _job_pods(nim: NIM, cache: str) -> list[client.V1Pod]:
     return list(nim.core.list_namespaced_pod(nim.namespace, label_selector=f"{c.LABEL_NIMCACHE}={cache}").items)
 
 
-def test_a_job_that_kwok_reports_succeeded_is_not_a_ready_cache(cluster: Cluster, nim: NIM) -> None:
-    caches = Caches(nim)
+def test_a_job_that_kwok_reports_succeeded_is_not_a_ready_cache(cluster: Cluster, nim: NIM, caches: Caches) -> None:
     _bound_claim(cluster, nim.namespace, "weights")
     caches.create("faked", {"source": HUB, "storage": {"pvc": {"name": "weights"}}})
     status = wait_for(lambda: (s := caches.status("faked")).get("state") == "Failed" and s, timeout=90, what="Failed")
@@ -143,10 +158,11 @@ def _secrets(core: client.CoreV1Api, namespace: str, *names: str) -> None:
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"NVIDIA's samples are not at {SAMPLES}")
-def test_nvidia_sample_caches_are_never_ready_here_and_say_why(nim: NIM, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nvidia_sample_caches_are_never_ready_here_and_say_why(
+    nim: NIM, caches: Caches, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Each of the 33 sample NIMCaches (apiVersion ours, renamed apart, in one namespace) created for real."""
     _secrets(nim.core, nim.namespace, "ngc-secret", "ngc-api-secret", "hf-api-secret")
-    caches = Caches(nim)
     names = []
     for i, doc in enumerate(_samples()):
         name = f"s{i:02d}-{doc['metadata']['name']}"[:60].rstrip("-")
@@ -223,8 +239,7 @@ def _service(nim: NIM, name: str) -> bool:
     return True
 
 
-def test_a_renamed_nimcache_claim_is_reported(nim: NIM) -> None:
-    caches = Caches(nim)
+def test_a_renamed_nimcache_claim_is_reported(nim: NIM, caches: Caches) -> None:
     caches.create("moved", {"source": HUB, "storage": {"pvc": {"create": True, "name": "cache-a", "size": "1Gi"}}})
     wait_for(lambda: caches.status("moved").get("pvc") == "cache-a", what="the first claim")
     caches.patch("moved", {"spec": {"storage": {"pvc": {"name": "cache-b"}}}})
