@@ -6,9 +6,10 @@ Two tools, both bounded:
   concurrent workers (closed loop: a worker sends its next request when the previous stream ends).
   Per request it records the time to the first content chunk, the gaps between content chunks and the
   output token count the server reports in its final usage chunk.
-- ``python bench/loadgen.py probe URL SECONDS PATH...``: GET the given paths in turn for a while and print
-  their latencies as JSON. It runs in its own process so that the event loop parsing 32 streams in the
-  benchmark process does not add its own delays to the probe latencies.
+- ``python bench/loadgen.py probe URL SECONDS PATH...``: GET the given paths in turn for a while (on a
+  kept-alive connection and on new connections) and print their latencies as JSON. It runs in its own
+  process so that the event loop parsing 32 streams in the benchmark process does not add its own
+  delays to the probe latencies.
 """
 
 from __future__ import annotations
@@ -185,36 +186,48 @@ async def run_for(
     return cell
 
 
-def probe(base_url: str, seconds: float, paths: list[str], *, interval: float = 0.01) -> dict[str, Any]:
-    """GET ``paths`` in turn over one keep-alive connection for ``seconds``; latencies in seconds per path.
+#: Suffix of the latency key for probes sent on a new connection each (as the kubelet sends them).
+NEW_CONNECTION = " (new connection)"
 
-    A keep-alive connection measures how long the server takes to answer, not TCP set-up. Any status
-    other than 200 is counted under ``failures`` (a probe that fails under load is what we look for).
+
+def probe(base_url: str, seconds: float, paths: list[str], *, interval: float = 0.01) -> dict[str, Any]:
+    """GET ``paths`` in turn for ``seconds``, each on a kept-alive connection and on a new connection;
+    latencies in seconds per path (the new-connection ones under ``path + NEW_CONNECTION``).
+
+    The kept-alive connection measures how long the server takes to answer; a new connection per probe
+    is what the kubelet does (its HTTP probes never reuse a connection), so accepting is part of it. Any
+    status other than 200 is counted under ``failures`` (a probe that fails under load is what we look for).
     """
     url = urlsplit(base_url)
-    connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=30)
-    latencies: dict[str, list[float]] = {path: [] for path in paths}
-    failures: dict[str, int] = dict.fromkeys(paths, 0)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    kept = http.client.HTTPConnection(host, port, timeout=30)
+    keys = [key for path in paths for key in (path, path + NEW_CONNECTION)]
+    latencies: dict[str, list[float]] = {key: [] for key in keys}
+    failures: dict[str, int] = dict.fromkeys(keys, 0)
     deadline = time.perf_counter() + seconds
     turn = 0
     while time.perf_counter() < deadline:
-        path = paths[turn % len(paths)]
+        key = keys[turn % len(keys)]
         turn += 1
+        fresh = key.endswith(NEW_CONNECTION)
+        connection = http.client.HTTPConnection(host, port, timeout=30) if fresh else kept
         started = time.perf_counter()
         try:
-            connection.request("GET", path)
+            connection.request("GET", key.removesuffix(NEW_CONNECTION))
             response = connection.getresponse()
             response.read()
         except (OSError, http.client.HTTPException):
-            failures[path] += 1
+            failures[key] += 1
             connection.close()
             time.sleep(interval)
             continue
-        latencies[path].append(time.perf_counter() - started)
+        latencies[key].append(time.perf_counter() - started)
+        if fresh:
+            connection.close()
         if response.status != 200:
-            failures[path] += 1
+            failures[key] += 1
         time.sleep(interval)
-    connection.close()
+    kept.close()
     return {"latencies": latencies, "failures": failures}
 
 

@@ -49,10 +49,12 @@ RESULTS = REPO / "bench" / "results" / "operator.json"
 TOLERATE_ALL = [{"operator": "Exists"}]
 # An image we have no manifest for: the runtime picks its profile, pods spread over the nodes.
 PLAIN: dict[str, Any] = {"image": {"repository": "bench/echo", "tag": "1"}, "tolerations": TOLERATE_ALL}
-# Placed by profile: SmolLM2's CPU profile lands on nodes without GPUs.
+# Placed by profile (its decision is made, recorded and kept like any other): SmolLM2's CPU profile,
+# pinned so that the mix does not depend on how many simulated GPUs are free.
 PLACED: dict[str, Any] = {
     "image": {"repository": "nim-runtime", "tag": "dev"},
     "model": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+    "profile": "vllm-cpu-bf16",
     "tolerations": TOLERATE_ALL,
 }
 BENCH_LABEL = "nimoperator.dev/bench"

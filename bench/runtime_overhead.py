@@ -8,7 +8,10 @@ What is measured, and why:
   and 32: output tokens/s, time to first token and inter-token latency (gaps between content chunks).
   Requests are greedy with ``ignore_eos``, so every request yields exactly ``max_tokens`` tokens.
 - **Health under load**: a probe that is slow while 32 streams generate gets a healthy pod killed. Ours
-  is ``/v1/health/ready`` and ``/v1/health/live``, vLLM's is ``/health``, probed from a separate process.
+  is ``/v1/health/ready`` and ``/v1/health/live``, vLLM's is ``/health``, probed from a separate process
+  on a kept-alive connection and on a new connection each time (as the kubelet probes); the ratio of
+  the p99s (our readiness over vLLM's health) is printed. ``--health-only`` measures just this, to
+  ``bench/results/runtime_health.json``, for a second look when the machine was noisy.
 - **Start-up**: process start until ready (ours: ``/v1/health/ready``; vLLM: ``/health`` and ``/v1/models``).
 - **CPU per output token** of the front-end process and of the engine core, and how many cores other
   processes used meanwhile: that says where time goes, and how noisy the machine was.
@@ -23,7 +26,7 @@ pool the rounds. The headline is the geometric mean over the cells of our tokens
 same figure per round beside it. Results go to ``bench/results/runtime.json``; the last line printed is
 the headline.
 
-Usage: .venv/bin/python bench/runtime_overhead.py [--quick] [--rounds N]   (make bench-runtime)
+Usage: .venv/bin/python bench/runtime_overhead.py [--quick] [--rounds N] [--health-only]   (make bench-runtime)
 """
 
 from __future__ import annotations
@@ -50,13 +53,17 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "runtime"))
 
-from loadgen import Api, CellResult, run_for, run_requests  # noqa: E402
+from loadgen import NEW_CONNECTION, Api, CellResult, run_for, run_requests  # noqa: E402
 from servers import Comparison, ServerProcess, make_comparison  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "runtime.json"
+#: Where ``--health-only`` writes (the full run's file keeps its throughput cells).
+HEALTH_RESULTS = REPO / "bench" / "results" / "runtime_health.json"
 APIS: tuple[Api, ...] = ("chat", "completions")
 #: Streams generating while the health endpoints are probed.
 HEALTH_CONCURRENCY = 32
+#: The probes compared for the health ratio: our readiness probe and vLLM's only health endpoint.
+READY, VLLM_HEALTH = "/v1/health/ready", "/health"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +74,8 @@ class Settings:
     max_tokens: int
     requests: dict[int, int]
     health_seconds: float
+    #: Only the health probes under load (``--health-only``: to measure them again on a quieter machine).
+    health_only: bool = False
 
     @classmethod
     def full(cls) -> Settings:
@@ -137,6 +146,7 @@ async def measure_cell(
 async def measure_health(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
     """Probe the health paths from a separate process while HEALTH_CONCURRENCY chat streams generate."""
     settle = 2.0  # let every stream start generating before probing
+    meter = CpuMeter(server)
     load = asyncio.create_task(
         run_for(
             server.base_url,
@@ -160,7 +170,8 @@ async def measure_health(server: ServerProcess, settings: Settings, model: str) 
     output, _ = await prober.communicate()
     cell = await load
     probed = json.loads(output)
-    return {"latencies": probed["latencies"], "failures": probed["failures"], "load": cell}
+    other = meter.read()["other_cores"]
+    return {"latencies": probed["latencies"], "failures": probed["failures"], "load": cell, "other_cores": other}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,10 +191,10 @@ async def warm_up(server: ServerProcess, model: str) -> None:
 
 
 async def measure_phase(server: ServerProcess, settings: Settings, model: str) -> dict[str, Any]:
-    """Every cell once, then health under load."""
+    """Every cell once (none with ``health_only``), then health under load."""
     await warm_up(server, model)  # the first requests after a pause pay for page faults and cold caches
     cells = {}
-    for api in APIS:
+    for api in () if settings.health_only else APIS:
         for concurrency in settings.requests:
             cells[cell_name(api, concurrency)] = await measure_cell(server, settings, model, api, concurrency)
     return {"cells": cells, "health": await measure_health(server, settings, model)}
@@ -249,38 +260,55 @@ def summarize(startup: dict[str, float], phases: list[Phase], names: list[str]) 
                 "other_cores": sum(r["other_cores"] for r in runs) / len(runs),
                 "errors": [e for c in results for e in c.errors][:5],
             }
-        health: dict[str, Any] = {}
-        for path in mine[0].health["latencies"]:
-            samples = [s for p in mine for s in p.health["latencies"][path]]
-            health[path] = {
-                **_ms_percentiles(samples),
-                "probes": len(samples),
-                "failures": sum(p.health["failures"][path] for p in mine),
-            }
         health_load = [p.health["load"] for p in mine]
         summary[server] = {
             "startup_s": startup[server],
             "cells": cells,
-            "health": health,
+            "health": summarize_health(mine),
             "health_load_tokens_per_s": sum(c.tokens_per_second for c in health_load) / len(health_load),
+            "health_other_cores": sum(p.health["other_cores"] for p in mine) / len(mine),
             "load_average": [list(p.load) for p in mine],
         }
+    summary["health_p99_ratio"] = {
+        how: summary["ours"]["health"][READY + suffix]["p99"] / summary["vllm"]["health"][VLLM_HEALTH + suffix]["p99"]
+        for how, suffix in (("kept-alive", ""), ("new connection", NEW_CONNECTION))
+    }
+    if names:
+        summary.update(throughput_ratios(summary, names))
+    return summary
+
+
+def summarize_health(mine: list[Phase]) -> dict[str, Any]:
+    """Per probed path (and way of connecting): latency percentiles over every round, probes, failures."""
+    health: dict[str, Any] = {}
+    for path in mine[0].health["latencies"]:
+        samples = [s for p in mine for s in p.health["latencies"][path]]
+        health[path] = {
+            **_ms_percentiles(samples),
+            "probes": len(samples),
+            "failures": sum(p.health["failures"][path] for p in mine),
+        }
+    return health
+
+
+def throughput_ratios(summary: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Ours over vLLM's tokens/s per cell and per round, and the headline (geometric mean over cells)."""
     ours, peer = summary["ours"]["cells"], summary["vllm"]["cells"]
-    summary["ratios"] = {n: ours[n]["tokens_per_s"] / peer[n]["tokens_per_s"] for n in names}
+    result: dict[str, Any] = {"ratios": {n: ours[n]["tokens_per_s"] / peer[n]["tokens_per_s"] for n in names}}
     # A round's two phases run back to back, so their ratio is the paired comparison the noise spares most.
-    summary["ratios_by_round"] = {
+    result["ratios_by_round"] = {
         n: [a / b for a, b in zip(ours[n]["tokens_per_s_rounds"], peer[n]["tokens_per_s_rounds"], strict=True)]
         for n in names
     }
-    rounds = len(next(iter(summary["ratios_by_round"].values())))
-    summary["headline_by_round"] = [
-        geometric_mean([summary["ratios_by_round"][n][r] for n in names]) for r in range(rounds)
+    rounds = len(next(iter(result["ratios_by_round"].values())))
+    result["headline_by_round"] = [
+        geometric_mean([result["ratios_by_round"][n][r] for n in names]) for r in range(rounds)
     ]
-    summary["headline"] = geometric_mean(list(summary["ratios"].values()))
+    result["headline"] = geometric_mean(list(result["ratios"].values()))
     # How far the headline could move by chance: the rounds' spread (relative, from log ratios).
-    logs = [math.log(h) for h in summary["headline_by_round"]]
-    summary["headline_relative_stderr"] = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else None
-    return summary
+    logs = [math.log(h) for h in result["headline_by_round"]]
+    result["headline_relative_stderr"] = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else None
+    return result
 
 
 def _ms_percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -295,8 +323,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def print_table(summary: dict[str, Any], names: list[str]) -> None:
     ours, peer = summary["ours"], summary["vllm"]
     print()
-    header = f"{'cell':<16}{'tok/s ours':>11}{'vllm':>8}{'ratio':>7}  {'TTFT p50/p99 ms ours | vllm':<30}"
-    print(header + f"{'ITL p50/p99 ms ours | vllm':<28}{'front CPU ms/tok ours | vllm':<28}")
+    if names:
+        header = f"{'cell':<16}{'tok/s ours':>11}{'vllm':>8}{'ratio':>7}  {'TTFT p50/p99 ms ours | vllm':<30}"
+        print(header + f"{'ITL p50/p99 ms ours | vllm':<28}{'front CPU ms/tok ours | vllm':<28}")
     for name in names:
         a, b = ours["cells"][name], peer["cells"][name]
         ttft = f"{_fmt(a['ttft_ms']['p50'], 0)}/{_fmt(a['ttft_ms']['p99'], 0)} | "
@@ -312,19 +341,28 @@ def print_table(summary: dict[str, Any], names: list[str]) -> None:
         for server, cell in (("ours", a), ("vllm", b)):
             if cell["errors"]:
                 print(f"  {server} errors: {cell['errors']}")
+    print_health(summary)
+    for server in ("ours", "vllm"):
+        loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in summary[server]["load_average"])
+        print(f"start-up s {server:<5}{summary[server]['startup_s']:<8.1f} load average per phase {loads}")
+    if names:
+        other = [summary[s]["cells"][n]["other_cores"] for s in ("ours", "vllm") for n in names]
+        print(f"cores used by other processes during cells: mean {sum(other) / len(other):.2f}, max {max(other):.2f}")
+
+
+def print_health(summary: dict[str, Any]) -> None:
     print()
     print(f"health p50/p99 ms under {HEALTH_CONCURRENCY} streams (probes, failures):")
     for server in ("ours", "vllm"):
         for path, h in summary[server]["health"].items():
             print(
-                f"  {server:<5}{path:<20}{_fmt(h['p50'], 2):>8}/{_fmt(h['p99'], 2):<8}({h['probes']}, {h['failures']})"
+                f"  {server:<5}{path:<38}{_fmt(h['p50'], 2):>8}/{_fmt(h['p99'], 2):<8}({h['probes']}, {h['failures']})"
             )
+    ratios = ", ".join(f"{how} {ratio:.2f}" for how, ratio in summary["health_p99_ratio"].items())
+    print(f"health p99 ours {READY} / vLLM {VLLM_HEALTH}: {ratios} (target: ours under 5 ms)")
+    other = ", ".join(f"{server} {summary[server]['health_other_cores']:.2f}" for server in ("ours", "vllm"))
+    print(f"cores used by other processes while probing: {other}")
     print()
-    for server in ("ours", "vllm"):
-        loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in summary[server]["load_average"])
-        print(f"start-up s {server:<5}{summary[server]['startup_s']:<8.1f} load average per phase {loads}")
-    other = [summary[s]["cells"][n]["other_cores"] for s in ("ours", "vllm") for n in names]
-    print(f"cores used by other processes during cells: mean {sum(other) / len(other):.2f}, max {max(other):.2f}")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -343,13 +381,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny request counts, two rounds (smoke test)")
     parser.add_argument("--rounds", type=int, help="phases per server (default 4, 2 with --quick)")
+    parser.add_argument("--health-only", action="store_true", help=f"only the health probes (to {HEALTH_RESULTS.name})")
     options = parser.parse_args()
     settings = Settings.quick() if options.quick else Settings.full()
-    if options.rounds:
-        settings = dataclasses.replace(settings, rounds=options.rounds)
+    settings = dataclasses.replace(settings, rounds=options.rounds or settings.rounds, health_only=options.health_only)
     machine = machine_facts()
     comparison: Comparison = make_comparison()
-    names = [cell_name(api, c) for api in APIS for c in settings.requests]
+    names = [] if settings.health_only else [cell_name(api, c) for api in APIS for c in settings.requests]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     print(f"runtime overhead: {comparison.served_name}, vLLM {machine['vllm']}, {settings}")
     print(f"engine arguments: {' '.join(comparison.engine_args)}")
@@ -359,7 +397,8 @@ def main() -> int:
     summary = summarize(startup, phases, names)
     print_table(summary, names)
     # A smoke run never replaces the published numbers.
-    results = log_dir / "runtime.json" if options.quick else RESULTS
+    results = HEALTH_RESULTS if settings.health_only else RESULTS
+    results = log_dir / results.name if options.quick else results
     results.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "machine": machine,
@@ -372,6 +411,8 @@ def main() -> int:
     }
     results.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {results} after {document['duration_s'] / 60:.1f} min")
+    if not names:
+        return 0
     by_round = ", ".join(f"{h:.3f}" for h in summary["headline_by_round"])
     stderr = summary["headline_relative_stderr"]
     spread = "" if stderr is None else f", standard error {100 * stderr:.1f} %"

@@ -39,7 +39,9 @@ for name in llama-3-1-8b llama-3-1-70b smollm2; do
 done
 "${KUBECTL[@]}" -n demo get nimservices
 "${KUBECTL[@]}" -n demo get pods -o custom-columns='POD:.metadata.name,NODE:.spec.nodeName,GPUS:.spec.containers[0].resources.limits.nvidia\.com/gpu,READY:.status.containerStatuses[0].ready'
-echo "why llama-3-1-8b runs where it runs:"
+echo "why llama-3-1-70b runs where it runs:"
+"${KUBECTL[@]}" -n demo get nimservice llama-3-1-70b -o jsonpath='{.status.profile.reason}{"\n"}'
+echo "llama-3-1-8b (NVIDIA's image; its manifest is read from the image, which kwok's fake nodes cannot run):"
 "${KUBECTL[@]}" -n demo get nimservice llama-3-1-8b -o jsonpath='{.status.profile.reason}{"\n"}'
 
 step "Our images, built from our Dockerfiles with BuildKit into the real nodes (make images)"

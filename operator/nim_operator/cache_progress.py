@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: How much of the log one read fetches: the downloader prints little besides its progress lines.
 TAIL_LINES = 8
 TAIL_BYTES = 16384
+#: Seconds one log read may take: a kubelet that cannot be reached must not stall the poller for the
+#: kernel's connect timeout (the readings of the other downloads wait behind it).
+LOG_TIMEOUT_S = 10.0
 
 Key = tuple[str, str]
 
@@ -98,8 +101,13 @@ class ProgressPoller:
         changed = []
         for download in self.running():
             try:
-                text = self.kube.log_tail(
-                    download.key[0], download.pod, download.container, lines=TAIL_LINES, limit_bytes=TAIL_BYTES
+                text = self.kube.pod_log(
+                    download.key[0],
+                    download.pod,
+                    download.container,
+                    limit_bytes=TAIL_BYTES,
+                    timeout=LOG_TIMEOUT_S,
+                    tail_lines=TAIL_LINES,
                 )
             except Exception as err:  # a pod that just ended, a node that serves no logs: try next time
                 log.debug("no progress from pod %s/%s: %s", download.key[0], download.pod, err)

@@ -18,12 +18,16 @@ from pydantic import ValidationError
 
 from nim_operator import constants as c
 from nim_operator.api.nimcache import NIMCacheSpec, NIMCacheStatus
+from nim_operator.cache_profiles import NgcProfiles, ngc_profiles
 from nim_operator.cache_progress import Downloading, Key, ProgressPoller
 from nim_operator.cache_status import cached_profiles, compute_cache_status
+from nim_operator.discovery import ManifestDiscovery
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.left_behind import LeftBehindFinder, cache_claim_selector
+from nim_operator.manifest_probe import probe_request, split_image
 from nim_operator.render.cache import CONTAINER, Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
 from nim_operator.status import Failure
+from nim_runtime.profiles import NodeGpuFacts, ScaleUpOption
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,16 @@ class CacheReconciler:
         runtime_image: str = c.DEFAULT_RUNTIME_IMAGE,
         runtime_pull_secrets: tuple[str, ...] = (),
         progress_interval: float = c.DEFAULT_PROGRESS_INTERVAL_S,
+        discovery: ManifestDiscovery | None = None,
+        nodes: Callable[[], list[NodeGpuFacts]] = list,
+        pools: Callable[[], list[ScaleUpOption]] = list,
     ) -> None:
         self.kube = kube
+        #: Puller images' manifests (shared with the NIMService reconciler) and the GPU nodes placement sees.
+        self.discovery = discovery or ManifestDiscovery(kube)
+        self.nodes = nodes
+        #: The node shapes autoscalers may add, for GPU pods: an NGC cache fetches for those too.
+        self.pools = pools
         self.emit = emit or (lambda body, kind, reason, message: None)
         self.runtime_image = runtime_image
         self.runtime_pull_secrets = runtime_pull_secrets
@@ -169,6 +181,7 @@ class CacheReconciler:
         job: dict[str, Any] | None = None
         spec: NIMCacheSpec | None = None
         old_claims: tuple[str, ...] = ()
+        chosen = NgcProfiles()
         try:
             spec = NIMCacheSpec.model_validate(body.get("spec") or {})
         except ValidationError as err:
@@ -177,7 +190,10 @@ class CacheReconciler:
             claim = pvc_name(cache, spec)
             failure, pvc = self._claim(cache, spec, claim)
             if failure is None and pvc is not None:
-                failure, job = self._job(cache, spec)
+                chosen = self._ngc_profiles(cache, spec, previous, generation)
+                failure = chosen.failure
+                if failure is None and chosen.waiting is None:
+                    failure, job = self._job(cache, spec, chosen.ids)
             old_claims = self.left_behind.find(
                 owner_uid=cache.uid,
                 generation=generation,
@@ -201,9 +217,41 @@ class CacheReconciler:
             profiles=cached_profiles(spec) if spec is not None else (),
             left_behind=old_claims,
             namespace=cache.namespace,
+            waiting=chosen.waiting,
         )
+        if spec is not None and spec.source.ngc is not None:
+            # An NGC cache's choice is in status from the start: the next reconcile of this generation keeps it.
+            status = status.model_copy(update={"profiles": list(chosen.cached)})
         self._write(body, cache, previous, status)
         return status
+
+    def _ngc_profiles(
+        self, cache: Cache, spec: NIMCacheSpec, previous: NIMCacheStatus | None, generation: int
+    ) -> NgcProfiles:
+        """Which profiles an NGC source fetches, from the puller image's manifest and placement."""
+        ngc = spec.source.ngc
+        if ngc is None:
+            return NgcProfiles()
+        repository, tag = split_image(ngc.model_puller)
+        request = probe_request(
+            cache.namespace,
+            repository,
+            tag,
+            pull_secrets=[ngc.pull_secret] if ngc.pull_secret else [],
+            node_selector=spec.node_selector,
+            tolerations=spec.tolerations,
+            user_id=spec.user_id,
+            group_id=spec.group_id,
+        )
+        waiter = (c.CACHE_KIND, cache.namespace, cache.name)
+        return ngc_profiles(
+            spec,
+            lookup=lambda: self.discovery.lookup(request, waiter),
+            nodes=self.nodes(),
+            previous=previous,
+            generation=generation,
+            pools=self.pools(),
+        )
 
     def _claim(self, cache: Cache, spec: NIMCacheSpec, claim: str) -> tuple[Failure | None, dict[str, Any] | None]:
         """The live claim (created if asked), or why it cannot be used."""
@@ -233,9 +281,15 @@ class CacheReconciler:
                 return Failure("InvalidStorage", str(err)), live
         return None, live
 
-    def _job(self, cache: Cache, spec: NIMCacheSpec) -> tuple[Failure | None, dict[str, Any] | None]:
+    def _job(
+        self, cache: Cache, spec: NIMCacheSpec, profiles: tuple[str, ...] | None = None
+    ) -> tuple[Failure | None, dict[str, Any] | None]:
         desired = render_job(
-            cache, spec, runtime_image=self.runtime_image, runtime_pull_secrets=self.runtime_pull_secrets
+            cache,
+            spec,
+            runtime_image=self.runtime_image,
+            runtime_pull_secrets=self.runtime_pull_secrets,
+            profiles=profiles,
         )
         key = (cache.namespace, cache.name)
         with self._guard:

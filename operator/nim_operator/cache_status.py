@@ -21,7 +21,7 @@ from typing import Any
 
 from nim_operator.api.nimcache import CacheCondition, CachedProfile, CacheProgress, NIMCacheSpec, NIMCacheStatus
 from nim_operator.left_behind import LEFT_BEHIND, cache_message
-from nim_operator.pod_health import find_pod_problem, tail
+from nim_operator.pod_health import find_pod_problem, tail, unbound_claim
 from nim_operator.status import Failure
 from nim_runtime.download import COMPLETED
 from nim_runtime.profiles import ModelManifest, find_manifest, load_catalog
@@ -50,13 +50,12 @@ def cached_profiles(spec: NIMCacheSpec) -> list[CachedProfile]:
     """The profiles a filled cache holds, as far as the spec tells; empty when unknown.
 
     A catalog or hub model that the catalog knows holds every profile of its manifest (they all load the
-    same weights, at the precision and parallelism the engine is given). An NGC source holds the profiles
-    it was asked for; without a list, the puller chose, and the cache does not say.
+    same weights, at the precision and parallelism the engine is given). An NGC source's profiles are
+    chosen before its download (``cache_profiles``) and are in status from then on, so none here.
     """
     source = spec.source
     if source.ngc is not None:
-        wanted = source.ngc.model.profiles if source.ngc.model else []
-        return [CachedProfile(name=name) for name in wanted]
+        return []
     hub = source.hf or source.data_store
     manifest = find_manifest(source.catalog.model) if source.catalog else (_hub_manifest(hub.repo_id) if hub else None)
     if manifest is None:
@@ -172,16 +171,14 @@ def _no_report(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> _Readin
     )
 
 
-def _unbound(pvc_name: str, pvc: Mapping[str, Any], scheduler: str) -> str:
-    """Why the download waits on its claim: no volume, and (often) no storage class that would make one."""
-    named = (pvc.get("spec") or {}).get("storageClassName")
-    where = (
-        f"storage class {named} has not provided a volume"
-        if named
-        else "it names no storage class, so it needs the cluster's default StorageClass (kubectl get "
-        "storageclass) or a volume made for it"
-    )
-    return f"PersistentVolumeClaim {pvc_name} is not bound: {where}; the download Job waits ({scheduler})"
+def _claim_wait(pvc_name: str, pvc: Mapping[str, Any], scheduler: str | None = None) -> _Reading | None:
+    """The download waits on an unbound claim (``pod_health.unbound_claim``, worded for the Job), with the
+    scheduler's own words when it gave any."""
+    unbound = unbound_claim(pvc_name, pvc)
+    if unbound is None:
+        return None
+    message = unbound.message.replace("the pods wait", "the download Job waits")
+    return _Reading("Pending", unbound.reason, f"{message} ({scheduler})" if scheduler else message)
 
 
 def _read(
@@ -221,16 +218,15 @@ def _read(
     if problem is not None and problem.reason in _STUCK:
         return _Reading("Failed", problem.reason, problem.message)
     if problem is not None and problem.reason == "Unschedulable":
-        if (pvc.get("status") or {}).get("phase") != "Bound":
-            return _Reading("Pending", "PVCNotBound", _unbound(pvc_name, pvc, problem.message))
-        return _Reading("Pending", "Unschedulable", problem.message)
+        return _claim_wait(pvc_name, pvc, problem.message) or _Reading("Pending", "Unschedulable", problem.message)
     if last_failure is not None:
         cause = f"{last_failure.get('reason')}: {last_failure.get('message')}"
         return _Reading("InProgress", "Retrying", f"retrying with back-off after: {cause}")
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
     if running:
         return _Reading("InProgress", "Downloading", "the download Job is running")
-    return _Reading("Pending", "JobPending", "the download Job's pod is starting")
+    # The scheduler holds the pod, saying nothing, while a WaitForFirstConsumer claim is provisioned.
+    return _claim_wait(pvc_name, pvc) or _Reading("Pending", "JobPending", "the download Job's pod is starting")
 
 
 def _condition(
@@ -271,16 +267,20 @@ def compute_cache_status(
     profiles: Sequence[CachedProfile] = (),
     left_behind: Sequence[str] = (),
     namespace: str = "",
+    waiting: Failure | None = None,
 ) -> NIMCacheStatus:
     """The whole status for this world; the same world gives the same status (so no write).
 
     ``live`` is the downloader's newest progress line (read from its pod's log by the shell); ``profiles``
     are what the cache holds once Ready; ``left_behind`` names claims this NIMCache created under an
-    earlier ``spec.storage.pvc.name``.
+    earlier ``spec.storage.pvc.name``. ``waiting`` says why no Job exists yet although nothing failed (the
+    puller image is being asked for its manifest).
     """
     before = previous.conditions if previous else []
     if failure is not None:
         reading = _Reading("Failed", failure.reason, failure.message)
+    elif waiting is not None:
+        reading = _Reading("Pending", waiting.reason, waiting.message)
     else:
         reading = _read(pvc_name or "", pvc, job, list(pods))
     if reading.reason in _JOB_REASONS and previous is not None and previous.state == "Failed":

@@ -42,43 +42,82 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    """Show the decision the operator would make, without applying anything."""
+    """Show the decision the operator would make, without applying anything: the same facts (nodes, the
+    GPUs pods hold, NodePools, node groups, the GPU catalogue) through the same functions."""
     from pydantic import ValidationError
 
     from nim_operator.api.spec import NIMServiceSpec
+    from nim_operator.cluster_capacity import ClusterCapacity
     from nim_operator.kube import Kube, api_client
-    from nim_operator.placement import decide, manifest_for, node_facts, node_schedulable
-    from nim_runtime.profiles import ProfileError
+    from nim_operator.placement import (
+        PLACEMENT,
+        decide,
+        manifest_for,
+        node_facts,
+        node_schedulable,
+        pod_tolerations,
+        runs_our_runtime,
+    )
+    from nim_runtime.profiles import ProfileError, ProfileSet, parse_manifest_document, pool_order
 
     with open(args.file) if args.file != "-" else sys.stdin as stream:
         docs = [d for d in yaml.safe_load_all(stream) if d]
     kube = Kube(api_client(args.kubeconfig))
     nodes = [node_facts(n) for n in kube.list_nodes() if node_schedulable(n)]
+    cluster = ClusterCapacity(kube)
+    cluster.prime(pods=True)
     worst = 0
+    rows: list[tuple[str, str, str, str]] = []
     for doc in docs:
-        name = doc.get("metadata", {}).get("name", "?")
+        meta = doc.get("metadata") or {}
+        name = meta.get("name", "?")
         try:
             spec = NIMServiceSpec.model_validate(doc.get("spec") or {})
         except ValidationError as err:
             print(f"{name}: invalid spec: {err}")
             worst = 2
             continue
-        manifest = manifest_for(spec)
+        manifest: ProfileSet | None = None
+        if args.manifest:
+            with open(args.manifest) as text:
+                manifest = parse_manifest_document(text.read(), fallback_name=spec.image.repository)
+        elif runs_our_runtime(spec.image.repository):
+            manifest = manifest_for(spec)
+        else:
+            print(
+                f"{name}: the operator reads the manifest of {spec.image.repository}:{spec.image.tag} from the "
+                "image itself (a probe Job); give it here with --manifest FILE to see the decision"
+            )
+            continue
         if manifest is None:
             print(f"{name}: no manifest known for {spec.image.repository}; the runtime would choose its profile")
             continue
+        key = (meta.get("namespace", "default"), name)
+        free, pools = cluster.for_service(key, nodes, pod_tolerations(spec))
         try:
-            decision = decide(spec, manifest, nodes, previous=None)
+            decision = decide(spec, manifest, free, previous=None, capacity=pools)
         except ProfileError as err:
             print(f"{name}: {err}")
+            rows.append((name, "-", "Nowhere", "-"))
             worst = max(worst, 1)
             continue
+        where = ", ".join(pool_order(decision.pools)) or "-"
+        rows.append((name, decision.profile.id, PLACEMENT[decision.availability], where))
         print(f"{name}: {decision.reason}")
-        print(f"  profile: {decision.profile.id}  tags: {json.dumps(decision.profile.tags, sort_keys=True)}")
+        print(f"  profile: {decision.profile.label}  tags: {json.dumps(decision.profile.tags, sort_keys=True)}")
+        print(f"  placement: {PLACEMENT[decision.availability]}  pools: {where}")
         print(f"  gpu products: {', '.join(decision.gpu_products) or '-'}  nodes: {', '.join(decision.nodes) or '-'}")
         for rejected in decision.rejected:
             print(f"  not {rejected.id}: {rejected.why}")
+    if args.table and rows:
+        print(_table(("NIMSERVICE", "PROFILE", "PLACEMENT", "POOLS"), rows))
     return worst
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
 
 
 def _crd(args: argparse.Namespace) -> int:
@@ -112,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="print the profile decision for NIMService manifests")
     plan.add_argument("-f", "--file", required=True, help="NIMService YAML file, or - for stdin")
     plan.add_argument("--kubeconfig", help="kubeconfig file")
+    plan.add_argument("--table", action="store_true", help="end with one line per NIMService: profile, placement")
+    plan.add_argument("--manifest", help="a model manifest (ours, or NIM's v1/v2 model_manifest.yaml) to plan with")
     plan.set_defaults(func=_plan)
 
     crd = commands.add_parser("crd", help="print the CRD generated from the typed spec")

@@ -40,9 +40,32 @@ GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_FAMILY_LABEL = "nvidia.com/gpu.family"
 GPU_TAINT_KEY = "nvidia.com/gpu"
+#: What every GPU pod tolerates (unless the user tolerates the GPU taint in their own words).
+GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+GPU_COMPUTE_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
+GPU_COMPUTE_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
+#: Time-slicing: how many pods share each GPU (allocatable nvidia.com/gpu counts the shares).
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+#: MIG: "single" makes each nvidia.com/gpu a MIG slice (its product label names the slice).
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+#: Karpenter: a pod with this annotation keeps its node from voluntary disruption (consolidation, drift);
+#: GPU pods get it (a moved replica reloads its model for minutes).
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
+#: The runtime's context cap, which sizes the KV cache a profile needs.
+ENV_MAX_MODEL_LEN = "NIM_MAX_MODEL_LEN"
+#: The operator's own namespace (the chart sets it): GPU catalogue ConfigMaps are read there only.
+ENV_OPERATOR_NAMESPACE = "NIM_OPERATOR_NAMESPACE"
+#: Label of the ConfigMaps that hold the GPU catalogue (instance types, node groups) for placement.
+GPU_CATALOG_LABEL = "nimoperator.dev/gpu-catalog"
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 
 # The runtime contract.
+#: The NIM container of a NIMService's pods (init and sidecar containers may not take its name).
+NIM_CONTAINER = "nim"
 API_PORT_NAME = "api"
+#: NVIDIA's names for the optional ports of spec.expose.service (gRPC, a separate metrics endpoint).
+GRPC_PORT_NAME = "grpc"
+METRICS_PORT_NAME = "metrics"
 DEFAULT_PORT = 8000
 MODEL_STORE = "/model-store"
 LIVE_PATH = "/v1/health/live"
@@ -86,6 +109,10 @@ SHUTDOWN_MARGIN_SECONDS = 15
 LIVENESS_PROBE = (LIVE_PATH, 15, 10, 1, 3)
 READINESS_PROBE = (READY_PATH, 15, 10, 1, 3)
 STARTUP_PROBE = (READY_PATH, 30, 10, 1, 120)
+#: A Deployment's rollout may take this long before Kubernetes calls it stuck (ProgressDeadlineExceeded):
+#: a GPU node's boot by an autoscaler (up to 10 min), a multi-GB image pull (up to 15 min) and the startup
+#: probe's budget for the load (30 s + 120 x 10 s), rounded up. Kubernetes' default is 600 s.
+PROGRESS_DEADLINE_SECONDS = 3600
 
 # The runtime's queue metric, for the default HPA target (served through a metrics adapter).
 DEFAULT_HPA_METRIC = "nim_runtime_queue_depth"

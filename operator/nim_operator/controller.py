@@ -19,6 +19,7 @@ from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.cache_mount import mount_facts
 from nim_operator.cache_reconciler import CacheReconciler, cache_of
+from nim_operator.discovery import is_probe
 from nim_operator.integrations import IngressClasses
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
@@ -90,6 +91,7 @@ class Controller:
             self.queue.forget(Key(c.KIND, *key))
             metrics.STATES.set(key[0], key[1], None)
             self.reconciler.forget(str(meta.get("uid") or ""), namespace=key[0], name=key[1])
+            self.reconciler.discovery.forget_waiter((c.KIND, *key))
             return
         with self._guard:
             before = self.services.get(key)
@@ -133,7 +135,15 @@ class Controller:
             body = self.services.get((owner[0], owner[1]))
         return body is not None and body["metadata"].get("uid") == owner[2]
 
+    def probe_event(self, event: str | None, obj: dict[str, Any]) -> None:
+        """A manifest probe's Job or pod moved: queue whoever waits for that image's manifest."""
+        for kind, namespace, name in self.reconciler.discovery.observe(obj, deleted=event == "DELETED"):
+            self._queue(Key(kind, namespace, name), "probe")
+
     def pod_event(self, event: str | None, pod: dict[str, Any]) -> None:
+        if is_probe(pod):
+            self.probe_event(event, pod)
+            return
         if cache_of(pod) is not None:
             key = self.caches.pod_gone(pod) if event == "DELETED" else self.caches.pod_seen(pod)
             if key is not None:
@@ -144,6 +154,9 @@ class Controller:
             self._queue(Key(c.KIND, *found), "pod")
 
     def job_event(self, event: str | None, job: dict[str, Any]) -> None:
+        if is_probe(job):
+            self.probe_event(event, job)
+            return
         key = self.caches.job_gone(job) if event == "DELETED" else self.caches.job_seen(job)
         if key is not None:
             self._queue(Key(c.CACHE_KIND, *key), "child")
@@ -179,6 +192,14 @@ class Controller:
         for key in keys:
             self.queue.add(Key(c.KIND, *key))
 
+    def capacity_changed(self) -> None:
+        """An autoscaler pool changed what it can add (its shapes, limits, taints): any service may place
+        differently, and one that fit nowhere may fit now. Pools change rarely; all services are queued."""
+        with self._guard:
+            keys = list(self.services)
+        for key in keys:
+            self.queue.add(Key(c.KIND, *key))
+
     def cache_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         """Keep the NIMCache's body and queue it; a cache whose state changed re-runs the services mounting it."""
         meta = body.get("metadata") or {}
@@ -189,6 +210,7 @@ class Controller:
                 self.cache_bodies.pop(key, None)
             self.reconciler.caches.pop(key, None)
             self.caches.forget(str(meta.get("uid") or ""), key[0], key[1])
+            self.reconciler.discovery.forget_waiter((c.CACHE_KIND, *key))
             self.queue.forget(Key(c.CACHE_KIND, *key))
         else:
             with self._guard:

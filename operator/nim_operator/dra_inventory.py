@@ -27,12 +27,12 @@ from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.render.dra import MAX_ALTERNATIVES, ClaimPlan, PodClaim, template_body
 from nim_operator.render.meta import Owner
 from nim_runtime.profiles import (
-    ModelManifest,
     NodeGpuFacts,
     Profile,
     ProfileDecision,
     ProfileError,
     ProfileSelector,
+    ProfileSet,
     select_profile,
 )
 
@@ -142,12 +142,12 @@ def dra_node_facts(by_node: Mapping[str, Sequence[DraGpu]]) -> list[NodeGpuFacts
     return facts
 
 
-def _only(manifest: ModelManifest, profiles: Sequence[Profile]) -> ModelManifest:
+def _only(manifest: ProfileSet, profiles: Sequence[Profile]) -> ProfileSet:
     return manifest.model_copy(update={"profiles": tuple(profiles)})
 
 
 def _alternatives(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     chosen: Profile,
     nodes: list[NodeGpuFacts],
     selector: ProfileSelector,
@@ -193,7 +193,7 @@ def _describe(profile: Profile, products: Sequence[str], names: Mapping[str, str
 def profile_claim(
     owner: Owner,
     spec: NIMServiceSpec,
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     decision: ProfileDecision,
     by_node: Mapping[str, Sequence[DraGpu]],
     selector: ProfileSelector,
@@ -204,7 +204,7 @@ def profile_claim(
         return None
     names = {gfd_product(g.product): g.product for gpus in by_node.values() for g in gpus}
     nodes = dra_node_facts(by_node)
-    pinned = bool(spec.profile)
+    pinned = spec.pinned_profile[0] is not None  # spec.profile or storage.nimCache.profile
     alternatives = _alternatives(manifest, decision.profile, nodes, selector, pinned)
     subrequests = []
     for profile, products in alternatives:

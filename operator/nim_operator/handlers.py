@@ -16,9 +16,14 @@ import kopf
 
 from nim_operator import constants as c
 from nim_operator.cache_reconciler import CacheReconciler
+from nim_operator.capacity import options_for
+from nim_operator.cluster_capacity import POOL_KINDS
 from nim_operator.controller import Controller
+from nim_operator.discovery import ManifestDiscovery
 from nim_operator.integrations import IngressClasses
+from nim_operator.kopf_watch import tolerate_vanishing_resources
 from nim_operator.kube import PLURALS, Kube, api_client
+from nim_operator.manifest_probe import split_image
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
 
@@ -75,10 +80,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.connect_timeout = 5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    tolerate_vanishing_resources()
     select_our_objects(settings)
 
     kube = Kube(api_client(os.environ.get("KUBECONFIG")))
-    reconciler = Reconciler(kube, kube.post_event)
+    runtime_image = os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE
+    # Images' own manifests, asked once per image, for NIMServices and NGC NIMCaches alike.
+    discovery = ManifestDiscovery(kube)
+    reconciler = Reconciler(
+        kube, kube.post_event, discovery=discovery, runtime_repository=split_image(runtime_image)[0]
+    )
     for node in kube.list_nodes():
         reconciler.set_node(node["metadata"]["name"], node_facts(node), schedulable=node_schedulable(node))
         reconciler.dra.node_seen(node)
@@ -88,6 +99,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     classes = kube.list_ingress_classes()
     if classes is not None:
         reconciler.ingress_classes = IngressClasses.of(classes)
+    if memo.get("namespaces"):
+        reconciler.capacity.without_usage("the operator watches only its namespaces (--namespace)")
+    reconciler.capacity.prime()  # autoscaler pools, before the first decision counts on them
     # Before any reconcile: what was applied before a restart, so nothing is re-applied.
 
     def seen(obj: dict[str, Any]) -> None:
@@ -100,9 +114,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     caches = CacheReconciler(
         kube,
         kube.post_event,
-        runtime_image=os.environ.get(c.ENV_RUNTIME_IMAGE) or c.DEFAULT_RUNTIME_IMAGE,
+        runtime_image=runtime_image,
         runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
         progress_interval=float(os.environ.get(c.ENV_PROGRESS_INTERVAL) or c.DEFAULT_PROGRESS_INTERVAL_S),
+        discovery=discovery,
+        nodes=lambda: list(reconciler.nodes.values()),
+        pools=lambda: options_for(reconciler.capacity.pools(), [c.GPU_TOLERATION]),
     )
     controller = Controller(
         reconciler,
@@ -177,3 +194,21 @@ def node(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
 def resource_slice(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """GPUs offered through DRA are placement facts, like node labels."""
     _controller(memo).slice_event(type, dict(body))
+
+
+# Capacity that may exist: Karpenter NodePools and Cluster API node groups (kopf serves these only where
+# their CRDs exist). A change that placement reads re-queues the services.
+@kopf.on.event(*POOL_KINDS["NodePool"])
+def nodepool(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _pool_event(memo, "NodePool", body, type)
+
+
+@kopf.on.event(*POOL_KINDS["MachineDeployment"])
+def node_group(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _pool_event(memo, "MachineDeployment", body, type)
+
+
+def _pool_event(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None) -> None:
+    reconciler: Reconciler = memo["reconciler"]
+    if reconciler.capacity.pool_seen(kind, dict(body), deleted=type == "DELETED"):
+        _controller(memo).capacity_changed()

@@ -78,11 +78,21 @@ PLURALS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     ("resource.k8s.io/v1", "ResourceClaimTemplate"): "resourceclaimtemplates",
+    # The router (render/router.py, render/epp.py) and KServe (render/kserve.py).
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "ConfigMap"): "configmaps",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "grpcroutes",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservices",
 }
-#: Kinds the operator only reads: the DRA objects a NIMService's claims name.
+#: Kinds the operator only reads: the DRA objects a NIMService's claims name, the Gateway its routes name.
 READ_PLURALS: dict[tuple[str, str], str] = {
     ("resource.k8s.io/v1", "ResourceClaim"): "resourceclaims",
     ("resource.k8s.io/v1", "DeviceClass"): "deviceclasses",
+    ("gateway.networking.k8s.io/v1", "Gateway"): "gateways",
 }
 
 
@@ -388,6 +398,18 @@ class Kube:
             raise
         return items
 
+    def list_optional(self, group: str, plural: str) -> list[dict[str, Any]]:
+        """Every object of a kind another project defines (served version), or none when it is not served
+        or not ours to list."""
+        metrics.API_READS.labels(plural).inc()
+        try:
+            found = self.request("GET", f"/apis/{group}")
+            version = (found.get("preferredVersion") or {}).get("version")
+            items: list[dict[str, Any]] = self.request("GET", f"/apis/{group}/{version}/{plural}")["items"]
+        except client.ApiException:
+            return []
+        return items
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         metrics.API_READS.labels("ConfigMap").inc()
         config_map = self._get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
@@ -396,22 +418,51 @@ class Kube:
         data: dict[str, str] = config_map.get("data") or {}
         return data
 
-    def log_tail(self, namespace: str, pod: str, container: str, *, lines: int, limit_bytes: int) -> str:
-        """The last ``lines`` lines of a container's log, at most ``limit_bytes`` of them (pods/log get)."""
+    def create_config_map(self, body: dict[str, Any]) -> bool:
+        """Create a ConfigMap of ours once; False when one of that name exists (it is never overwritten:
+        the operator may create ConfigMaps, not change anyone's)."""
+        metrics.API_WRITES.labels("ConfigMap", "create").inc()
+        try:
+            self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body=body)
+        except client.ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def pod_log(
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        *,
+        limit_bytes: int,
+        timeout: float,
+        tail_lines: int | None = None,
+    ) -> str:
+        """A container's log as text (the API server fetches it from the node's kubelet); only its last
+        ``tail_lines`` lines when given (a NIMCache download's progress is in its newest lines).
+
+        ``timeout`` bounds the whole call: a node whose kubelet cannot be reached (a simulated one) must
+        not hold a reconcile for the kernel's connect timeout.
+        """
         metrics.API_READS.labels("PodLog").inc()
-        query = [("container", container), ("tailLines", str(lines)), ("limitBytes", str(limit_bytes))]
+        query = [("container", container), ("limitBytes", str(limit_bytes))]
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
         serialized = self.api.param_serialize(
             method="GET",
-            resource_path=f"/api/v1/namespaces/{namespace}/pods/{pod}/log",
+            resource_path=f"/api/v1/namespaces/{namespace}/pods/{name}/log",
             query_params=query,
-            header_params={"Accept": "*/*"},  # the API server answers 406 to text/plain
+            # The log is text/plain, yet the API server refuses that Accept header (406): ask for anything.
+            header_params={"Accept": "*/*"},
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*serialized)
+        response = self.api.call_api(*serialized, _request_timeout=timeout)
         data = response.read()
         if not 200 <= response.status < 300:
             raise client.ApiException(http_resp=response)
-        return bytes(data).decode("utf-8", errors="replace")
+        return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
 
     def get_own(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One of our own resources (a NIMCache a NIMService mounts), or None."""

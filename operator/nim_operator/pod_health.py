@@ -245,3 +245,32 @@ def find_pod_problem(pods: Iterable[Mapping[str, Any]]) -> PodProblem | None:
     if not current:
         return None
     return min(current, key=lambda h: (h.rank, h.name)).problem
+
+
+def replica_failure(deployment: Mapping[str, Any] | None) -> PodProblem | None:
+    """Why no pod exists at all: the ReplicaSet's pod creation was refused (a RuntimeClass that does not
+    exist, a quota, an admission webhook), which the Deployment reports as its ReplicaFailure condition.
+    There is no pod to read then, so without this the service would wait without a word."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            said = " ".join(str(cond.get("message") or "").split())
+            reason = str(cond.get("reason") or "FailedCreate")
+            return PodProblem(reason, f"the Deployment cannot create pods: {said}" if said else reason)
+    return None
+
+
+def unbound_claim(name: str, pvc: Mapping[str, Any] | None) -> PodProblem | None:
+    """Why pods wait that say nothing themselves: the claim they mount is not bound. With a
+    WaitForFirstConsumer class the scheduler holds the pod (no condition of its own) while the provisioner
+    works; a provisioner that never finishes would otherwise leave the service waiting without a word."""
+    if pvc is None:
+        return PodProblem("PVCNotFound", f"PersistentVolumeClaim {name} does not exist; the pods wait for it")
+    if ((pvc.get("status") or {}).get("phase") or "Pending") == "Bound":
+        return None
+    named = (pvc.get("spec") or {}).get("storageClassName")
+    where = (
+        f"storage class {named} has not provided a volume yet"
+        if named
+        else "it names no storage class (the cluster's default StorageClass, if any, provides volumes)"
+    )
+    return PodProblem("PVCNotBound", f"PersistentVolumeClaim {name} is not bound: {where}; the pods wait for it")

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,14 +27,35 @@ from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount, profile_not_held
+from nim_operator.cluster_capacity import ClusterCapacity
+from nim_operator.discovery import ManifestDiscovery
 from nim_operator.dra_inventory import DraInventory
+from nim_operator.integration_status import status_extras
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
 from nim_operator.left_behind import LeftBehindFinder
-from nim_operator.placement import Placement, decide, manifest_for, placement_inputs, placement_of, profile_status
-from nim_operator.pod_health import PodProblem, find_pod_problem, pod_health, service_of
+from nim_operator.manifest_source import DISCOVERING, resolve_manifest
+from nim_operator.placement import (
+    Placement,
+    decide,
+    kept_pools,
+    placement_inputs,
+    placement_of,
+    pod_tolerations,
+    profile_status,
+)
+from nim_operator.pod_health import (
+    PodProblem,
+    find_pod_problem,
+    pod_health,
+    replica_failure,
+    service_of,
+    unbound_claim,
+)
 from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
+from nim_operator.render.deployment import pvc_name
+from nim_operator.render.router import ROUTED_CONDITION, route_refusal
 from nim_operator.status import Failure, Note, compute_status
 from nim_operator.storage_notes import storage_notes
 from nim_operator.workload import (
@@ -47,14 +69,15 @@ from nim_operator.workload import (
     selection_view,
     verify_claims,
 )
-from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision, ProfileError, parse_manifest
+from nim_runtime.profiles import NodeGpuFacts, ProfileDecision, ProfileError, ProfileSet
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = "manifest.yaml"
 #: Children that may be deleted and created again when an edit by someone else blocks our apply: nothing
 #: of theirs is lost (a Deployment's pods, a claim's data would be).
 RECREATABLE_KINDS = frozenset({"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"})
+#: The kinds that run the pods: applied before every other child.
+WORKLOAD_KINDS = frozenset({"Deployment", "InferenceService"})
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
@@ -83,13 +106,11 @@ def _validation_message(err: ValidationError) -> str:
 def _missing_api(child: Child, err: KindNotServed) -> str:
     """The Degraded text for an optional child whose API is absent; a required one refuses the spec."""
     if child.requires is None:
-        raise _Refusal(
-            Failure(
-                "MissingAPI",
-                f"{err}: the {child.kind} this spec asks for cannot be created; install its CRDs (retried "
-                "without a spec edit) or remove the field that asks for it",
-            )
+        text = child.unserved or (
+            f"the {child.kind} this spec asks for cannot be created; install its CRDs (retried without a spec "
+            "edit) or remove the field that asks for it"
         )
+        raise _Refusal(Failure("MissingAPI", f"{err}: {text}"))
     return f"{err}: {child.requires}"
 
 
@@ -121,6 +142,11 @@ def _api_message(err: client.ApiException) -> str:
         return str(json.loads(err.body or "{}").get("message") or err.reason)
     except (TypeError, ValueError, AttributeError):
         return str(err.reason)
+
+
+def _same_placement(before: ProfileStatus, now: ProfileStatus) -> bool:
+    """Whether a decision kept is placed as before: same profile, GPU products and pools."""
+    return before.id == now.id and before.gpu_products == now.gpu_products and before.node_pools == now.node_pools
 
 
 def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
@@ -181,6 +207,15 @@ def _parse_spec(body: Mapping[str, Any]) -> NIMServiceSpec:
         raise _Refusal(Failure("InvalidSpec", _validation_message(err))) from err
 
 
+def _available(workload: Mapping[str, Any] | None) -> bool:
+    """Whether every replica the workload (Deployment, or a group in its terms) wants is available."""
+    if workload is None:
+        return False
+    wanted = (workload.get("spec") or {}).get("replicas")
+    available = int((workload.get("status") or {}).get("availableReplicas") or 0)
+    return available >= int(1 if wanted is None else wanted)
+
+
 def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
     """Whether this generation of the spec was already found invalid."""
     if previous is None or previous.state != "Failed" or previous.observed_generation != generation:
@@ -188,34 +223,31 @@ def _refused(previous: NIMServiceStatus | None, generation: int) -> bool:
     return any(c.type == "Failed" and c.status == "True" and c.reason == "InvalidSpec" for c in previous.conditions)
 
 
-def _resolve_manifest(kube: Kube, namespace: str, spec: NIMServiceSpec) -> ModelManifest | None:
-    """The manifest from the named ConfigMap, or the catalog, or None when neither knows the model."""
-    if not spec.model_manifest:
-        return manifest_for(spec)
-    where = f"spec.modelManifest: ConfigMap {namespace}/{spec.model_manifest}"
-    data = kube.read_config_map(namespace, spec.model_manifest)
-    if data is None:
-        raise _Refusal(Failure("InvalidManifest", f"{where} does not exist"))
-    if MANIFEST_KEY not in data:
-        raise _Refusal(Failure("InvalidManifest", f"{where} has no key {MANIFEST_KEY}"))
-    try:
-        return parse_manifest(data[MANIFEST_KEY])
-    except ValueError as err:
-        raise _Refusal(Failure("InvalidManifest", f"{where} holds an invalid manifest: {err}")) from err
-
-
 class Reconciler:
     """Holds the shared, watched facts (GPU nodes) and serialises work per NIMService."""
 
-    def __init__(self, kube: Kube, emit: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        emit: EventSink | None = None,
+        *,
+        discovery: ManifestDiscovery | None = None,
+        runtime_repository: str | None = None,
+    ) -> None:
         self.kube = kube
         self.emit = emit or (lambda body, kind, reason, message: None)
+        # Images' own manifests, probed once per image (shared with the NIMCache reconciler), and the
+        # repository of the operator's runtime image, which takes our catalog's ids without a probe.
+        self.discovery = discovery or ManifestDiscovery(kube)
+        self.runtime_repository = runtime_repository
         # GPU facts of the schedulable nodes (what new decisions count on) and of the cordoned ones (which
         # keep a decision made for their product: maintenance is not removal).
         self.nodes: dict[str, NodeGpuFacts] = {}
         self.cordoned: dict[str, NodeGpuFacts] = {}
         # The cluster's IngressClasses from their watch; None while unknown (not listable): then unchecked.
         self.ingress_classes: IngressClasses | None = None
+        # GPUs held by pods, autoscaler pools and the GPU catalogue: what placement reads besides nodes.
+        self.capacity = ClusterCapacity(kube, namespace=os.environ.get(c.ENV_OPERATOR_NAMESPACE) or None)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         # The status last written per NIMService uid. Events of children can hand us a body older than our
         # own last write; comparing against it would repeat writes and miss a refusal just reported.
@@ -371,13 +403,23 @@ class Reconciler:
             if (unsupported := unsupported_message(spec)) is not None:
                 # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
                 raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
-            manifest = _resolve_manifest(self.kube, owner.namespace, spec)
+            choice = resolve_manifest(
+                self.kube, self.discovery, owner.namespace, owner.name, spec, runtime_repository=self.runtime_repository
+            )
+            if choice.refusal is not None:
+                raise _Refusal(choice.refusal)
+            manifest = choice.manifest
             nodes = selection_nodes(list(self.nodes.values()), self.dra.dra_only(), cordoned=set(self.cordoned))
-            decision, pstatus = self._choose(spec, manifest, previous, generation, nodes)
+            decision, pstatus = self._choose(
+                spec, manifest, previous, generation, nodes, (owner.namespace, owner.name), about=choice.about
+            )
             workload, placement, pstatus = self._plan(owner, spec, manifest, decision, nodes, pstatus)
             mount, waiting = self._cache_mount(owner.namespace, spec, placement)
+            waiting = waiting or choice.waiting
             notes = storage_notes(self.left_behind, owner, spec, mount, generation)
             missing: list[str] = []
+            if (refused := route_refusal(owner, spec)) is not None:
+                raise _Refusal(Failure(*refused))
             if waiting is None:
                 blocked = self._surge_blocked(owner)
                 children = render_children(
@@ -394,7 +436,10 @@ class Reconciler:
         except _Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = self._workload_state(owner, spec, applied)
-        problem = find_pod_problem(self.pods_of(owner.namespace, owner.name))
+        pods = self.pods_of(owner.namespace, owner.name)
+        problem = find_pod_problem(pods) or replica_failure(deployment)
+        if problem is None and waiting is None and not _available(deployment):
+            problem = self._claim_problem(owner, spec, mount)
         if waiting is not None:
             problem = PodProblem(waiting.reason, waiting.message)
         outcome.status = compute_status(
@@ -410,11 +455,13 @@ class Reconciler:
             pod_problem=problem,
             missing=missing,
             notes=notes,
+            extras=status_extras(self.kube, owner, spec, applied, pods),
         )
         outcome.status_written = self._write_status(body, owner, previous, outcome.status)
         ready = next(c for c in outcome.status.conditions if c.type == "Ready")
         # Announced only when status shows it too, so an Event never says what status does not.
         shown = ready.status == "False" and problem is not None and ready.reason == problem.reason
+        shown = shown and ready.reason != DISCOVERING  # a running manifest probe is routine, no Warning
         self._announce(body, owner, problem if shown else None)
         return outcome
 
@@ -422,7 +469,7 @@ class Reconciler:
         self,
         owner: Owner,
         spec: NIMServiceSpec,
-        manifest: ModelManifest | None,
+        manifest: ProfileSet | None,
         decision: ProfileDecision | None,
         nodes: list[NodeGpuFacts],
         pstatus: ProfileStatus,
@@ -464,9 +511,17 @@ class Reconciler:
             with self._guard:
                 deployment = applied.get(lws_render.KIND) or self._groups.get((owner.namespace, owner.name))
             key = (lws_render.API_VERSION, lws_render.KIND, owner.namespace, lws_render.lws_name(owner))
-        if deployment is None and self.kube.applied.exists(key) is not False:
+        kserve = spec.inference_platform == "kserve"  # KServe's Deployment is not ours to read
+        if deployment is None and not kserve and self.kube.applied.exists(key) is not False:
             deployment = self.kube.get(*key)
         return deployment if spec.multi_node is None else lws_render.readiness_view(deployment)
+
+    def _claim_problem(self, owner: Owner, spec: NIMServiceSpec, mount: CacheMount | None) -> PodProblem | None:
+        """A claim the pods mount that is not bound (read only while replicas are missing)."""
+        claim = pvc_name(owner, spec, mount)
+        if claim is None:
+            return None
+        return unbound_claim(claim, self.kube.get("v1", "PersistentVolumeClaim", owner.namespace, claim))
 
     def _surge_blocked(self, owner: Owner) -> bool:
         """Whether a rollout is under way and its new pod cannot be scheduled for lack of room (a surge pod
@@ -532,10 +587,13 @@ class Reconciler:
     def _choose(
         self,
         spec: NIMServiceSpec,
-        manifest: ModelManifest | None,
+        manifest: ProfileSet | None,
         previous: NIMServiceStatus | None,
         generation: int,
         nodes: list[NodeGpuFacts],
+        key: tuple[str, str],
+        *,
+        about: str = "",
     ) -> tuple[ProfileDecision | None, ProfileStatus]:
         """The profile decision and its status; none when no manifest is known or the user's DRA claims
         choose the devices (the runtime then chooses from the GPUs it gets). ``nodes`` are the schedulable
@@ -553,11 +611,8 @@ class Reconciler:
             )
             return None, profile_status(None, unmanaged_reason=reason)
         if manifest is None:
-            model = spec.model.name if spec.model and spec.model.name else spec.image.repository
-            reason = (
-                f"no manifest is known for {model}: deployed with the resources and scheduling given in the "
-                "spec; the runtime selects its profile"
-            )
+            # Where the manifest would have come from, and why it did not (see manifest_source).
+            reason = f"{about}; deployed with the resources and scheduling given in the spec"
             return None, profile_status(None, unmanaged_reason=reason)
         inputs = placement_inputs(spec)
         before = previous.profile if previous is not None else None
@@ -569,13 +624,20 @@ class Reconciler:
         sticky = before.id if before is not None and same_inputs else None
         schedulable = selection_view(spec, nodes)
         decision: ProfileDecision | None = None
+        # Free GPUs (what other pods leave) and the autoscalers' pools this spec's pods may use.
+        tolerations = pod_tolerations(spec)
         try:
             if sticky:
-                everywhere = selection_view(spec, nodes + list(self.cordoned.values()))
-                kept = decide(spec, manifest, everywhere, previous=sticky)
+                everywhere, pools = self.capacity.for_service(
+                    key, selection_view(spec, nodes + list(self.cordoned.values())), tolerations
+                )
+                kept = decide(
+                    spec, manifest, everywhere, previous=sticky, capacity=pools, previous_pools=kept_pools(before)
+                )
                 decision = kept if kept.profile.id == sticky else None
             if decision is None:
-                decision = decide(spec, manifest, schedulable, previous=None)
+                fresh, pools = self.capacity.for_service(key, schedulable, tolerations)
+                decision = decide(spec, manifest, fresh, previous=None, capacity=pools)
         except ProfileError as err:
             rejected = [Rejected(id=r.id, why=r.why) for r in err.rejected]
             failed = ProfileStatus(reason=str(err), rejected=rejected, inputs=inputs)
@@ -583,8 +645,13 @@ class Reconciler:
             if pinned and manifest.profile(pinned) is None:
                 raise _Refusal(Failure("UnknownProfile", f"{field}: {err}"), failed) from err
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
-        status = profile_status(decision)
+        status = profile_status(decision, manifest=manifest)
         status.inputs = inputs
+        if sticky and before is not None and _same_placement(before, status):
+            # Kept where it was: how many GPUs are free at this moment (other services' pods come and go)
+            # is not news for this one, so its text stays as written.
+            status.reason, status.placement, status.moved = before.reason, before.placement, before.moved
+            return decision, status
         if before is not None and before.id and before.id != decision.profile.id:
             why = (
                 f"no node of {', '.join(before.gpu_products) or 'its kind'} remains"
@@ -624,7 +691,9 @@ class Reconciler:
         live: dict[str, dict[str, Any]] = {}
         created: list[dict[str, Any]] = []
         try:
-            for child in sorted(changed, key=lambda ch: ch.kind != "Deployment"):
+            # The workload first (a Deployment, or KServe's InferenceService): if it is refused, or its API is
+            # absent, nothing else was created, and nothing is created and rolled back on every retry.
+            for child in sorted(changed, key=lambda ch: ch.kind not in WORKLOAD_KINDS):
                 body = child.body or {}
                 if child.kind in recreate:
                     self._recreate(owner, child)
@@ -633,7 +702,8 @@ class Reconciler:
                 except KindNotServed as err:
                     missing.append(_missing_api(child, err))
                     continue
-                live[child.kind] = obj
+                if child.name == owner.name:  # not the endpoint picker's Deployment or Service
+                    live[child.kind] = obj
                 outcome.applied.append(f"{child.kind}/{child.name}")
                 if was_created:
                     created.append(body)
@@ -814,4 +884,14 @@ class Reconciler:
                 self.emit(body, "Warning", failed.reason, failed.message)
             elif before_state is not None:
                 self.emit(body, "Normal", status.state, f"state {before_state} -> {status.state}")
+        self._announce_route(body, previous, status)
         return True
+
+    def _announce_route(
+        self, body: Mapping[str, Any], previous: NIMServiceStatus | None, status: NIMServiceStatus
+    ) -> None:
+        """A Warning Event when the routes stop attaching, or why they do not changes (a Gateway missing)."""
+        now = next((c for c in status.conditions if c.type == ROUTED_CONDITION), None)
+        before = next((c for c in previous.conditions if c.type == ROUTED_CONDITION), None) if previous else None
+        if now is not None and now.status == "False" and (before is None or before.reason != now.reason):
+            self.emit(body, "Warning", now.reason, now.message)

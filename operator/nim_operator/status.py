@@ -18,6 +18,21 @@ from nim_operator.pod_health import PodProblem
 from nim_operator.render.children import service_name
 from nim_operator.render.meta import Owner, selector_labels
 
+#: (ready, reason, message, available replicas, current replicas)
+Readiness = tuple[bool, str, str, int, int]
+
+
+@dataclass(frozen=True)
+class StatusExtras:
+    """What an integration adds to status: readiness from its own object (a KServe InferenceService
+    instead of the Deployment), the endpoints it publishes, and conditions of its own (type, ok, reason,
+    message) such as the router's ``Routed``, which never change the state."""
+
+    readiness: Readiness | None = None
+    cluster_endpoint: str | None = None
+    external_endpoint: str | None = None
+    conditions: tuple[tuple[str, bool, str, str], ...] = ()
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -83,7 +98,7 @@ def _notes(previous: list[Condition], notes: Sequence[Note], generation: int, no
     return [_condition(previous, n.type, n.ok, n.reason, n.message, generation, now) for n in notes]
 
 
-def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> tuple[bool, str, str, int, int]:
+def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> Readiness:
     """(ready, reason, message, available, current replicas) from the Deployment's status."""
     if deployment is None:
         return False, "DeploymentMissing", "the Deployment does not exist yet", 0, 0
@@ -114,6 +129,7 @@ def compute_status(
     now: str,
     pod_problem: PodProblem | None = None,
     missing: list[str] | None = None,
+    extras: StatusExtras | None = None,
     notes: Sequence[Note] = (),
 ) -> NIMServiceStatus:
     """The whole status for this world; ``pod_problem`` only colours a Ready condition that is False;
@@ -150,7 +166,8 @@ def compute_status(
         )
     if spec is None:
         raise ValueError("a status without failure needs the spec")
-    ready, reason, message, available, replicas = _readiness(spec, deployment)
+    extras = extras or StatusExtras()
+    ready, reason, message, available, replicas = extras.readiness or _readiness(spec, deployment)
     if not ready and pod_problem is not None and reason != "ScaledToZero":
         reason, message = pod_problem.reason, f"{pod_problem.message} ({message})"
     if profile is not None and profile.id:
@@ -162,6 +179,7 @@ def compute_status(
         _condition(before, "Ready", ready, reason, message, generation, now),
         _condition(before, "Failed", False, "Reconciled", "", generation, now),
         selected,
+        *(_condition(before, type_, ok, why, text, generation, now) for type_, ok, why, text in extras.conditions),
         *_ignored_fields(before, spec, generation, now),
         *_degraded(before, missing or [], generation, now),
         *_notes(before, notes, generation, now),
@@ -171,6 +189,8 @@ def compute_status(
     else:
         state = "Ready" if ready else ("Pending" if available == 0 else "NotReady")
     port = spec.expose.service.port
+    default_endpoint = f"{service_name(owner, spec)}.{owner.namespace}.svc.cluster.local:{port}"
+    kserve = spec.inference_platform == "kserve"
     return NIMServiceStatus(
         state=state,
         conditions=conditions,
@@ -180,7 +200,9 @@ def compute_status(
         selector=",".join(f"{k}={v}" for k, v in selector_labels(owner).items()),
         model=ModelStatus(
             name=served_model_name,
-            cluster_endpoint=f"{service_name(owner, spec)}.{owner.namespace}.svc.cluster.local:{port}",
+            # KServe names its own Service; its address is known once it publishes one.
+            cluster_endpoint=extras.cluster_endpoint or (None if kserve else default_endpoint),
+            external_endpoint=extras.external_endpoint,
         ),
         profile=profile,
     )

@@ -40,7 +40,7 @@ from nim_operator.render.dra import (
 )
 from nim_operator.render.meta import Owner
 from nim_operator.status import Failure
-from nim_runtime.profiles import ModelManifest, NodeGpuFacts, ProfileDecision
+from nim_runtime.profiles import NodeGpuFacts, ProfileDecision, ProfileSet
 
 #: Reasons of the Failed condition for claims the cluster cannot serve.
 CLAIM_MISSING_REASON = "ResourceClaimNotFound"
@@ -94,7 +94,7 @@ def _user_gpus(spec: NIMServiceSpec) -> int | None:
 def plan_workload(
     owner: Owner,
     spec: NIMServiceSpec,
-    manifest: ModelManifest | None,
+    manifest: ProfileSet | None,
     decision: ProfileDecision | None,
     placement: Placement,
     nodes: Sequence[NodeGpuFacts],

@@ -1,4 +1,5 @@
-"""``nim-runtime`` (and ``python -m nim_runtime``): serve, or ``prepare`` the embedded models once.
+"""``nim-runtime`` (and ``python -m nim_runtime``): serve, ``prepare`` the embedded models once, or print
+the catalog (``manifest``) for the operator's discovery Job.
 
 Configuration problems (a bad variable, an unknown model or profile) exit with status 2 and one line
 saying what to change, before anything heavy is imported.
@@ -14,7 +15,8 @@ from nim_runtime.config import ConfigError, RuntimeConfig, apply_engine_environm
 
 USAGE = """nim-runtime [serve]          serve the model configured by NIM_* variables
 nim-runtime prepare [NAME ...]  convert the embedded models into $NIM_CACHE_PATH once (setup step)
-nim-runtime download --repo ORG/NAME | --catalog NAME   fill a model store (a NIMCache's Job)"""
+nim-runtime download --repo ORG/NAME | --catalog NAME   fill a model store (a NIMCache's Job)
+nim-runtime manifest         print this image's models and profile ids (the operator's discovery)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         from nim_runtime.download import main as download
 
         return download(args[1:])
+    if args[:1] == ["manifest"]:
+        # Before the configuration is read: the operator's probe runs it with no NIM_* set, and it must
+        # answer even where a variable would stop serve.
+        from nim_runtime.config import DEFAULT_MODEL_NAME
+        from nim_runtime.profiles import catalog_listing
+        from nim_runtime.version import runtime_version
+
+        sys.stdout.write(catalog_listing(DEFAULT_MODEL_NAME, runtime_version()))
+        return 0
     parser = argparse.ArgumentParser(prog="nim-runtime", usage=USAGE)
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "prepare"])
     parser.add_argument("names", nargs="*", help="catalog names for prepare (default: all embedded)")

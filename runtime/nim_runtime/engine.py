@@ -52,6 +52,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from nim_runtime.errors import describe_validation_errors, error_response
 from nim_runtime.frontend import unapplied_options
+from nim_runtime.heartbeat import answered_within
 from nim_runtime.niceness import run_niced
 
 logger = logging.getLogger(__name__)
@@ -308,18 +309,19 @@ class Engine:
         (a deadlock, a wedged device, a stopped process): such a pod would stay Ready while every request
         hangs. The question (``is_sleeping``) travels the engine core's input queue, which it reads
         between two steps, so it costs nothing on the token path and an answer proves the loop turns.
+        Time this process spent suspended does not count against the engine (see :mod:`nim_runtime.heartbeat`).
         """
         every = min(HEARTBEAT_SECONDS, stall_timeout / 3)
         while not self.dead:
             await asyncio.sleep(every)
             try:
-                await asyncio.wait_for(self._client.is_sleeping(), stall_timeout)
-            except TimeoutError:
+                answered = await answered_within(self._client.is_sleeping(), stall_timeout)
+            except EngineDeadError:
+                return  # the errored flag says so already
+            if not answered:
                 logger.error("The vLLM engine core did not answer a heartbeat within %.0f s: it is hung", stall_timeout)
                 self._hung = True
                 return
-            except EngineDeadError:
-                return  # the errored flag says so already
 
 
 def _set_default_max_tokens(state: State, max_tokens: int) -> None:

@@ -115,7 +115,7 @@ def engine_argv(plan: ServingPlan, config: RuntimeConfig, model_dir: Path) -> li
     argv = [
         "--model", str(model_dir),
         "--served-model-name", *plan.served_names,
-        "--max-model-len", str(config.max_model_len or plan.manifest.max_model_len),
+        "--max-model-len", str(config.max_model_len or plan.profile.max_model_len or plan.manifest.max_model_len),
         "--tensor-parallel-size", str(plan.profile.tp),
         "--pipeline-parallel-size", str(plan.profile.pp),
         "--disable-uvicorn-access-log",

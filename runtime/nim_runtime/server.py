@@ -12,7 +12,11 @@ with vLLM's own server. Once the engine client reports it dead, probes and infer
 and the process exits with code 1 ENGINE_DEAD_EXIT_SECONDS later so the kubelet restarts the container.
 A hung engine (alive, but not answering a heartbeat within NIM_ENGINE_STALL_TIMEOUT) is treated the same.
 
-TLS comes from vLLM's ``--ssl-*`` options in NIM_PASSTHROUGH_ARGS (see :mod:`nim_runtime.frontend`).
+Health probes are answered by the probe door's thread, which owns the listening sockets and hands every
+other connection to uvicorn on the event loop (see :mod:`nim_runtime.probe_door`); without it a probe
+waits for the loop, busy with the streams' chunks after every engine step. TLS comes from vLLM's
+``--ssl-*`` options in NIM_PASSTHROUGH_ARGS (see :mod:`nim_runtime.frontend`); with TLS uvicorn listens
+itself and the loop answers the probes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import sys
 from types import FrameType
 from typing import Any
 
@@ -27,6 +33,7 @@ import uvicorn
 
 from nim_runtime.context import RuntimeContext
 from nim_runtime.loader import load_engine
+from nim_runtime.probe_door import ProbeDoor, bind_listeners
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +44,18 @@ ENGINE_CHECK_SECONDS = 0.2
 #: Seconds between noticing the engine died and starting to exit: in-flight requests get their 503s and
 #: a probe arriving meanwhile sees the 503 rather than a refused connection.
 ENGINE_DEAD_EXIT_SECONDS = 2.0
+#: Seconds a thread runs Python before it must give the GIL to another that waits (Python's default is
+#: 0.005). The probe door's thread takes the GIL three or four times per probe, each time waiting for the
+#: busy event loop to give it up; at the default that alone could pass the 5 ms a probe may take. Only
+#: threads that wait for the GIL make the loop give it up, and the door waits only while it answers.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ctx: RuntimeContext) -> None:
+    def __init__(self, config: uvicorn.Config, ctx: RuntimeContext, door: ProbeDoor | None = None) -> None:
         super().__init__(config)
         self.ctx = ctx
+        self.door = door
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -50,6 +63,34 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
         await super().serve()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """With a door, uvicorn does not listen: the door accepts and hands connections to its protocol."""
+        if self.door is None:
+            await super().startup(sockets)
+            return
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        self.servers = []  # uvicorn's shutdown closes these; the door is closed in shutdown below
+        self.door.open(loop, create_protocol)
+        self._log_started_message(self.door.listeners)
+        self.started = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.door is not None:
+            self.door.loop_turned()
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.door is not None:
+            self.door.close()  # stop accepting, as uvicorn's shutdown does with its own listeners
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT exits at once. The signal is not re-raised
@@ -69,6 +110,8 @@ class DrainingServer(uvicorn.Server):
         lifecycle = self.ctx.lifecycle
         # uvicorn's set of open connections; each protocol knows its peer's address.
         open_clients = [c for conn in self.server_state.connections if (c := getattr(conn, "client", None))]
+        if self.door is not None:
+            open_clients += self.door.clients()
         lifecycle.start_draining(open_clients)
         timeout = self.ctx.config.drain_timeout
         logger.info("Draining: %d request(s) in flight, waiting up to %.0f s", lifecycle.in_flight, timeout)
@@ -101,25 +144,11 @@ class DrainingServer(uvicorn.Server):
 
 async def serve(ctx: RuntimeContext, app: object) -> int:
     """Run until drained or failed; returns the process exit code."""
-    frontend = ctx.config.frontend
-    tls: dict[str, Any] = {}
-    if frontend.tls:
-        tls = {"ssl_keyfile": frontend.ssl_keyfile, "ssl_certfile": frontend.ssl_certfile,
-               "ssl_ca_certs": frontend.ssl_ca_certs, "ssl_cert_reqs": frontend.ssl_cert_reqs}  # fmt: skip
-        if frontend.ssl_ciphers:
-            tls["ssl_ciphers"] = frontend.ssl_ciphers
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=ctx.config.host,
-        port=ctx.config.port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=CLOSE_GRACE_SECONDS,
-        h11_max_incomplete_event_size=frontend.h11_max_incomplete_event_size,
-        **tls,
-    )
-    server = DrainingServer(config, ctx)
+    try:
+        server = make_server(ctx, app)
+    except OSError as exc:
+        logger.error("Cannot listen on %s:%d: %s", ctx.config.host, ctx.config.port, exc)
+        return 1
     serve_task = asyncio.create_task(server.serve())
     while not server.started and not serve_task.done():  # noqa: ASYNC110 (uvicorn offers no event)
         await asyncio.sleep(0.02)
@@ -153,6 +182,34 @@ async def serve(ctx: RuntimeContext, app: object) -> int:
     if not server.started:
         return 1  # could not bind the port; uvicorn logged why
     return server.exit_code
+
+
+def make_server(ctx: RuntimeContext, app: object) -> DrainingServer:
+    """The server for ``app`` on the configured address, with the probe door unless TLS is on; raises
+    OSError when the port cannot be had."""
+    frontend = ctx.config.frontend
+    tls: dict[str, Any] = {}
+    if frontend.tls:
+        tls = {"ssl_keyfile": frontend.ssl_keyfile, "ssl_certfile": frontend.ssl_certfile,
+               "ssl_ca_certs": frontend.ssl_ca_certs, "ssl_cert_reqs": frontend.ssl_cert_reqs}  # fmt: skip
+        if frontend.ssl_ciphers:
+            tls["ssl_ciphers"] = frontend.ssl_ciphers
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=ctx.config.host,
+        port=ctx.config.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=CLOSE_GRACE_SECONDS,
+        h11_max_incomplete_event_size=frontend.h11_max_incomplete_event_size,
+        **tls,
+    )
+    if frontend.tls:
+        return DrainingServer(config, ctx)
+    door = ProbeDoor(bind_listeners(ctx.config.host, ctx.config.port, config.backlog), ctx.lifecycle, ctx.metrics)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    return DrainingServer(config, ctx, door)
 
 
 async def _watch_engine(server: DrainingServer) -> None:

@@ -74,16 +74,23 @@ def test_leader_election_uses_one_peering_object() -> None:
 
 def test_namespaced_mode_grants_namespaced_resources_only_through_roles() -> None:
     docs = render(NAMESPACED)
-    roles = by_kind(docs, "Role")
+    catalog, *roles = sorted(by_kind(docs, "Role"), key=lambda r: not r["metadata"]["name"].endswith("gpu-catalog"))
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    # The GPU catalogue is listed in the operator's own namespace only.
+    assert catalog["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    bindings = sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding"))
+    assert bindings == sorted(["team-a", "team-b", catalog["metadata"]["namespace"]])
     (cluster_role,) = [d for d in by_kind(docs, "ClusterRole") if not d["metadata"]["name"].endswith("crd-upgrade")]
+    # Autoscaler pools are read cluster-wide: they are cluster-scoped (NodePools) or anywhere (node groups).
     assert rule_resources(cluster_role["rules"]) == {
         "nodes",
         "customresourcedefinitions",
         "namespaces",
         "resourceslices",
         "deviceclasses",
+        "ingressclasses",
+        "nodepools",
+        "machinedeployments",
     }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in cluster_role["rules"])
     assert "deployments" in rule_resources(roles[0]["rules"])
@@ -101,6 +108,27 @@ def test_pods_are_only_read(values: dict[str, Any]) -> None:
     verbs = [set(rule["verbs"]) for rule in rules if "pods" in rule["resources"] or "pods/exec" in rule["resources"]]
     assert verbs
     assert all(v == {"get", "list", "watch"} for v in verbs), verbs
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED])
+def test_the_endpoint_pickers_rbac_writes_can_be_left_out(values: dict[str, Any]) -> None:
+    """The picker's ServiceAccount, Role, RoleBinding and ConfigMap are the only RBAC objects and ConfigMap
+    writes the operator makes; rbac.endpointPicker=false leaves those kinds read-only (still watched)."""
+
+    def rules_of(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+        return [rule for d in roles if not d["metadata"]["name"].endswith("crd-upgrade") for rule in d["rules"]]
+
+    picker = {"roles", "rolebindings", "serviceaccounts", "configmaps"}
+    on = rules_of(render(values))
+    assert picker | {"inferencepools", "httproutes", "grpcroutes", "inferenceservices"} <= rule_resources(on)
+    assert all(not {"bind", "escalate", "impersonate"} & set(rule["verbs"]) for rule in on)
+    assert any("create" in rule["verbs"] for rule in on if "roles" in rule["resources"])
+    off = rules_of(render({**values, "rbac": {"endpointPicker": False}}))
+    assert {"httproutes", "inferencepools", "inferenceservices", "gateways"} <= rule_resources(off)
+    read_only = [rule["verbs"] for rule in off if picker & set(rule["resources"])]
+    assert read_only
+    assert all(verbs == ["get", "list", "watch"] for verbs in read_only), read_only
 
 
 def test_crd_upgrade_hook_carries_every_chart_crd() -> None:

@@ -74,6 +74,31 @@ fi
 # The LeaderWorkerSet controller (multi-node NIMServices), in a cache dir of its own keyed by its version.
 lws_build
 
+# Karpenter with its kwok provider, from its own module (its go.mod pins its k8s.io versions), and the
+# CRDs that module ships, copied beside the binary so up.sh needs nothing else from the module cache.
+KARPENTER=$(karpenter_dir)
+if [[ -x $KARPENTER/bin/karpenter && -d $KARPENTER/crds ]]; then
+    echo "Karpenter $KARPENTER_VERSION cached in $KARPENTER"
+else
+    start=$(date +%s)
+    TMP="$KARPENTER.tmp.$$"
+    rm -rf "$TMP"
+    mkdir -p "$TMP/bin" "$TMP/crds"
+    trap 'rm -rf "$TMP"' EXIT
+    export GOFLAGS=-trimpath CGO_ENABLED=0
+    # The kwok provider's main package is named after its directory; it is Karpenter itself.
+    GOBIN="$TMP/bin" go install -ldflags="-s -w -X sigs.k8s.io/karpenter/pkg/operator.Version=$KARPENTER_VERSION" \
+        "sigs.k8s.io/karpenter/kwok@$KARPENTER_VERSION"
+    mv "$TMP/bin/kwok" "$TMP/bin/karpenter"
+    module=$(go env GOMODCACHE)/sigs.k8s.io/karpenter@$KARPENTER_VERSION
+    cp "$module"/pkg/apis/crds/*.yaml "$module"/kwok/apis/crds/*.yaml "$TMP/crds/"
+    chmod -R u+w "$TMP/crds"
+    rm -rf "$KARPENTER"
+    mv "$TMP" "$KARPENTER"
+    trap - EXIT
+    echo "Karpenter built in $(( $(date +%s) - start ))s"
+fi
+
 # Images the real nodes need before they can run anything: the pod sandbox (pause) and a Debian
 # base made from Debian's packages by mmdebstrap (no registry serves images here).
 IMAGES=$(node_images_dir)
@@ -98,6 +123,11 @@ else
     trap - EXIT
     echo "node images built in $(( $(date +%s) - start ))s"
 fi
+
+# The CRDs of the router's and KServe's objects and the reference endpoint picker, from their projects'
+# Go modules (router.sh).
+source "$CLUSTER_DIR/router.sh"
+router_build
 
 # The Makefile runs this after creating the venv; tests and the demo call helm from there.
 if [[ -d $REPO/.venv/bin ]]; then

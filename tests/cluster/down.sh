@@ -18,7 +18,7 @@ fi
 ours() {
     local argv0
     argv0=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | head -n1) || return 1
-    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == */lws-controller || $argv0 == */coredns || $argv0 == */local-path-provisioner || $argv0 == */buildkitd || $argv0 == containerd || $argv0 == */containerd ]]
+    [[ $argv0 == */k8s-control-plane || $argv0 == */kwok || $argv0 == */lws-controller || $argv0 == */karpenter || $argv0 == */coredns || $argv0 == */local-path-provisioner || $argv0 == */buildkitd || $argv0 == containerd || $argv0 == */containerd ]]
 }
 
 stopped=()
@@ -37,6 +37,8 @@ stop_pid() {
 }
 
 stop_pid buildkitd
+# Karpenter first: it would react to the nodes and pods that the teardown below makes disappear.
+stop_pid karpenter
 stop_pid lws-controller
 stop_pid local-path-provisioner
 stop_pid coredns

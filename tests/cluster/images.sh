@@ -195,3 +195,5 @@ done
 build localhost/nim-operator:dev operator/Dockerfile "$all_nodes" pyproject.toml uv.lock README.md operator runtime
 build localhost/nim-runtime:dev runtime/Dockerfile "$RUNTIME_NODES" pyproject.toml uv.lock README.md operator runtime
 build_hub "$HUB_NODES"
+# A stand-in for an NVIDIA NIM image (the base plus a NIM-format manifest) for the manifest probe's e2e test.
+build localhost/nim-manifest-fixture:dev tests/e2e/nim-image/Dockerfile "$RUNTIME_NODES" tests/e2e/nim-image

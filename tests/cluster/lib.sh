@@ -11,6 +11,9 @@ HELM_VERSION=v3.22.0
 # so that bumping one does not rebuild the control plane.
 COREDNS_VERSION=v1.15.0
 LOCAL_PATH_VERSION=v0.0.37
+# Karpenter with its kwok provider (sigs.k8s.io/karpenter/kwok): a real node autoscaler for the simulated
+# GPU pools. v1.14.1 is the newest release whose go.mod our Go toolchain accepts (v1.14.3 asks for 1.26.10).
+KARPENTER_VERSION=v1.14.1
 
 # Go is not always on PATH for non-login shells.
 if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
@@ -44,11 +47,23 @@ addons_dir() {
     echo "$CACHE_ROOT/addons-$key/bin"
 }
 
+# Karpenter's binary and the CRDs of its module (copied from the module cache at build time, never
+# committed), keyed by its version and the toolchain like the add-ons.
+karpenter_dir() {
+    local key
+    key=$(echo "karpenter=$KARPENTER_VERSION $(go env GOVERSION GOOS GOARCH)" | sha256sum | cut -c1-16)
+    echo "$CACHE_ROOT/karpenter-$key"
+}
+
 # State of a running cluster lives in the repo so tests find it by path.
 STATE="${NIM_CLUSTER_STATE:-$REPO/.cache/cluster}"
 ETCD_PORT="${NIM_CLUSTER_ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${NIM_CLUSTER_ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${NIM_CLUSTER_APISERVER_PORT:-16443}"
+# Karpenter's metrics and health ports (it binds all addresses). By default they follow the apiserver
+# port (like LWS's, which take +20 and +21), so light clusters side by side do not collide.
+KARPENTER_METRICS_PORT="${NIM_CLUSTER_KARPENTER_METRICS_PORT:-$((APISERVER_PORT + 22))}"
+KARPENTER_HEALTH_PORT="${NIM_CLUSTER_KARPENTER_HEALTH_PORT:-$((APISERVER_PORT + 23))}"
 
 # Real nodes (real-nodes.sh): network, images every node needs before any pull, and the DNS address
 # the kubelets hand to pods (the kube-dns Service, in front of CoreDNS on the host's bridge address).

@@ -9,14 +9,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$CLUSTER_DIR/real-nodes.sh"
 source "$CLUSTER_DIR/lws.sh"
+source "$CLUSTER_DIR/karpenter.sh"
 source "$CLUSTER_DIR/dra.sh"
+source "$CLUSTER_DIR/router.sh"
 
 PKI=$STATE/pki
 LOGS=$STATE/logs
 PIDS=$STATE/pids
 KUBECONFIG_OUT=$STATE/kubeconfig
 SERVER=https://127.0.0.1:$APISERVER_PORT
-COMPONENTS=(etcd apiserver controller-manager scheduler kwok lws-controller)
+COMPONENTS=(etcd apiserver controller-manager scheduler kwok lws-controller karpenter)
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     COMPONENTS+=("containerd-real-$n" "kubelet-real-$n" "kube-proxy-real-$n")
 done
@@ -24,6 +26,7 @@ if ((REAL_NODE_COUNT > 0)); then
     COMPONENTS+=(coredns local-path-provisioner)
 fi
 NODE_IMAGES_DIR=$(node_images_dir)
+KARPENTER_DIR=$(karpenter_dir)
 
 readyz() {
     curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
@@ -53,7 +56,8 @@ t0=$EPOCHREALTIME
 
 BIN=$(bin_dir)
 ADDONS=$(addons_dir)
-if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR || ! -x $ADDONS/coredns ]]; then
+if [[ ! -x $BIN/k8s-control-plane || ! -x $BIN/kwok || ! -d $NODE_IMAGES_DIR || ! -x $ADDONS/coredns ||
+    ! -x $KARPENTER_DIR/bin/karpenter ]]; then
     "$CLUSTER_DIR/build.sh"
 fi
 CP=$BIN/k8s-control-plane
@@ -65,7 +69,8 @@ if [[ -z $KUBECTL ]]; then
     exit 1
 fi
 
-for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT"; do
+for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$LWS_WEBHOOK_PORT" "$LWS_HEALTH_PORT" \
+    "$KARPENTER_METRICS_PORT" "$KARPENTER_HEALTH_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is already in use; set NIM_CLUSTER_*_PORT to move the cluster" >&2
         exit 1
@@ -232,11 +237,14 @@ start scheduler "$CP" scheduler \
     --authorization-kubeconfig="$PKI/scheduler.kubeconfig" \
     --secure-port=0 \
     --leader-elect=false
-# kwok manages only the nodes from nodes.yaml (annotation), so a real node
-# joining this cluster would be left alone.
+# kwok manages only the nodes from nodes.yaml and those Karpenter's kwok provider creates (both carry the
+# annotation), so a real node joining this cluster would be left alone. The second config plays GPU
+# Feature Discovery on Karpenter's nodes (generated from the instance-type catalogue).
+python3 "$CLUSTER_DIR/karpenter/catalogue.py" stage >"$STATE/gfd-stage.yaml"
 start kwok "$BIN/kwok" \
     --kubeconfig="$PKI/admin.kubeconfig" \
     --config="$CLUSTER_DIR/kwok-stages.yaml" \
+    --config="$STATE/gfd-stage.yaml" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds=40 \
@@ -246,12 +254,17 @@ start kwok "$BIN/kwok" \
 cp "$PKI/admin.kubeconfig" "$KUBECONFIG_OUT"
 k() { "$KUBECTL" --kubeconfig="$KUBECONFIG_OUT" "$@"; }
 lws_crds_start
+# Karpenter (karpenter.sh) comes up in the background from here on, while nodes register and taints clear.
+karpenter_up >"$LOGS/karpenter-up.log" 2>&1 &
+karpenter_up_pid=$!
 wait_for "node objects" 30 k apply -f "$CLUSTER_DIR/nodes.yaml"
 ((REAL_NODE_COUNT == 0)) || nodes_up
 for ((n = 0; n < REAL_NODE_COUNT; n++)); do
     wait_for "node real-$n to register" 60 k get node "real-$n"
 done
 wait_for "default ServiceAccount" 60 k -n default get serviceaccount default
+# Gateway API and InferencePool CRDs (router.sh), as a cluster with a Gateway implementation has them.
+router_crds_install k
 wait_for "Ready nodes" 60 k wait --for=condition=Ready node --all --timeout=2s
 # Cluster add-ons the real nodes' pods use (a cluster without real nodes runs neither).
 addons_up() {
@@ -303,6 +316,7 @@ lws_up >"$LOGS/lws-up.log" 2>&1 &
 lws_up_pid=$!
 dra_up
 
+
 # The node lifecycle controller removes its not-ready taints a moment after
 # Ready; until then the scheduler would back off pods for up to 10 s.
 no_condition_taints() {
@@ -312,6 +326,7 @@ no_condition_taints() {
 }
 wait_for "not-ready taints to clear" 60 no_condition_taints
 lws_wait "$lws_up_pid"
+karpenter_wait "$karpenter_up_pid"
 
 awk -v a="$t0" -v b="$EPOCHREALTIME" -v k="$KUBECONFIG_OUT" \
     'BEGIN { printf "cluster ready in %.1fs; kubeconfig: %s\n", b - a, k }'

@@ -297,6 +297,9 @@ def test_model_store_pvc_is_filled_once_and_reused(cluster: Cluster, release: Re
         timeout=120,
         what="the replacement pod",
     )
+    # The lost replica is reported (the runtime needs tens of seconds to load): only then is the Ready that
+    # follows about the new pod rather than the status written before the deletion reached the operator.
+    wait_for(lambda: state(read(cluster, ns, "stored")) != "Ready", timeout=60, what="the lost replica reported")
     second_s = wait_ready(cluster, ns, "stored")
     [second] = service_pods(cluster, ns, "stored")
     assert second.metadata.name != first.metadata.name

@@ -71,7 +71,8 @@ class OperatorProcess:
 
     def start(self) -> None:
         port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        # A short resync, so that tests also see what a resync does (and that it writes nothing).
+        env = {"NIM_OPERATOR_RESYNC_SECONDS": "15", **os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
                 [

@@ -21,7 +21,9 @@ from tests.operator.conftest import NIM, OperatorProcess, wait_for
 pytestmark = pytest.mark.cluster
 
 SMOL = {"image": {"repository": "nim-runtime", "tag": "dev"}, "model": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"}}
-LLAMA_8B = {"image": {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3.3"}}
+# Our runtime serving Llama 3.1 8B from our catalog: its ids are ours (NVIDIA's own image takes only the
+# ids of the manifest it carries; see test_nim_manifests_on_cluster.py).
+LLAMA_8B = {"image": {"repository": "nim-runtime", "tag": "dev"}, "model": {"name": "meta/llama-3.1-8b-instruct"}}
 
 
 def _env(nim: NIM, name: str) -> dict[str, str | None]:

@@ -12,8 +12,9 @@ from tests.operator.conftest import NIM
 
 pytestmark = pytest.mark.cluster
 
-IMAGE = {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3.3"}
-OK: dict[str, Any] = {"image": IMAGE}
+# Our runtime with a catalog model, so the profile cases meet our catalog's ids.
+IMAGE = {"repository": "nim-runtime", "tag": "dev"}
+OK: dict[str, Any] = {"image": IMAGE, "model": {"name": "meta/llama-3.1-8b-instruct"}}
 
 # (case id, spec, text the API server's rejection must contain)
 REJECTED_AT_ADMISSION: list[tuple[str, dict[str, Any], str]] = [

@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client
 
 from tests.conftest import go_module_file
-from tests.operator.conftest import NIM, wait_for
+from tests.operator.conftest import NIM, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -192,12 +192,13 @@ def test_one_replica_rolls_out_with_a_surge_pod(nim: NIM) -> None:
 
 
 def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
-    """The A10G pool is one node with one GPU: the surge pod of a one-replica rollout cannot be placed, so
-    the operator replaces the pod in place rather than leave the rollout stuck forever."""
+    """The A10G node has one GPU: the surge pod of a one-replica rollout cannot be placed, so the operator
+    replaces the pod in place rather than leave the rollout stuck forever. Pinned to that node by name:
+    on the full cluster Karpenter would otherwise add an A10G node for the surge pod (and rightly so)."""
     spec = {
         "image": {"repository": "bench/unknown-model", "tag": "1"},
         "resources": {"limits": {"nvidia.com/gpu": 1}},
-        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G", "kubernetes.io/hostname": "kwok-a10g-0"},
     }
     nim.create("tight", spec)
     nim.wait_state("tight", "Ready")
@@ -206,16 +207,19 @@ def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
     assert deployment.spec.strategy.rolling_update.max_surge == 1
     nim.patch("tight", {"spec": {"env": [{"name": "ROLL", "value": "1"}]}})
 
-    def rolled_in_place() -> bool:
-        d = nim.deployment("tight")
-        return (
-            d is not None
-            and d.spec.strategy.rolling_update.max_surge == 0
-            and (d.status.updated_replicas or 0) >= 1
-            and (d.status.available_replicas or 0) >= 1
-        )
+    strategies: set[int] = set()
 
-    wait_for(rolled_in_place, timeout=90, what="the rollout to go in place and finish")
+    def rolled() -> bool:
+        d = nim.deployment("tight")
+        if d is None:
+            return False
+        strategies.add(d.spec.strategy.rolling_update.max_surge)
+        envs = {e.name for e in d.spec.template.spec.containers[0].env or []}
+        done = d.status.observed_generation == d.metadata.generation and (d.status.updated_replicas or 0) >= 1
+        return "ROLL" in envs and done and (d.status.available_replicas or 0) >= 1 and (d.status.replicas or 0) == 1
+
+    wait_for(rolled, timeout=90, what="the rollout to finish")
+    assert 0 in strategies, f"the surge pod had no GPU, the rollout should have gone in place: {strategies}"
     nim.wait_state("tight", "Ready")
     # Once the rollout is done there is nothing blocked: the next rollout tries a surge pod again.
     wait_for(
@@ -243,3 +247,39 @@ def test_an_ingress_nothing_routes_degrades_until_its_class_appears(nim: NIM) ->
     finally:
         net.delete_ingress_class(name)
     wait_for(lambda: _condition(nim.status("routed"), "Degraded") is not None, what="Degraded to come back")
+
+
+def test_the_operator_survives_a_crd_that_comes_and_goes(nim: NIM, operator_process: OperatorProcess) -> None:
+    """kopf stops every watch when one watch of a vanished CRD sees a 404 (a CRD deleted while its watch
+    is opened or reconnects): the operator must keep serving every other service."""
+    ext = client.ApiextensionsV1Api(nim.api)
+    crd = yaml.safe_load(go_module_file(*PROMETHEUS_OPERATOR, SERVICE_MONITOR_CRD).read_text())
+    name = crd["metadata"]["name"]
+    for i in range(8):
+        if _exists(lambda n, _: ext.read_custom_resource_definition(n), name, "") is None:
+            ext.create_custom_resource_definition(crd)
+        time.sleep(i % 3)
+        ext.delete_custom_resource_definition(name)
+        wait_for(lambda: _exists(lambda n, _: ext.read_custom_resource_definition(n), name, "") is None, what="gone")
+    time.sleep(3)
+    assert operator_process.proc is not None
+    assert operator_process.proc.poll() is None, "the operator exited"
+    nim.create("after-churn", SMOL)
+    nim.wait_state("after-churn", "Ready")
+
+
+def test_another_service_taking_gpus_rewrites_nothing_of_a_running_one(nim: NIM) -> None:
+    """Free GPUs steer new decisions; a running service's decision sticks, and how many GPUs others hold
+    at the moment is not news for it: its status is not rewritten on the next resync (15 s in tests)."""
+    nim.create("calm", SMOL)
+    nim.wait_state("calm", "Ready")
+    time.sleep(2)
+    before = nim.get("calm")["metadata"]["resourceVersion"]
+    hog = {
+        "image": {"repository": "bench/unknown-model", "tag": "1"},
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"},
+    }
+    nim.create("hog", hog)
+    time.sleep(20)  # a resync of every service
+    assert nim.get("calm")["metadata"]["resourceVersion"] == before, nim.status("calm")

@@ -20,8 +20,10 @@ from tests.operator.conftest import NIM, wait_for
 
 pytestmark = pytest.mark.cluster
 
-LLAMA_8B = {"image": {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3.3"}}
-LLAMA_70B = {"image": {"repository": "nvcr.io/nim/meta/llama-3.1-70b-instruct", "tag": "1.3.3"}}
+# Our runtime with our catalog's models: the profile ids below are ours (an NVIDIA image takes only its own).
+RUNTIME = {"repository": "nim-runtime", "tag": "dev"}
+LLAMA_8B = {"image": RUNTIME, "model": {"name": "meta/llama-3.1-8b-instruct"}}
+LLAMA_70B = {"image": RUNTIME, "model": {"name": "meta/llama-3.1-70b-instruct"}}
 LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 RESOURCE = ("resource.k8s.io", "v1")
 GROUP_TIMEOUT = 120

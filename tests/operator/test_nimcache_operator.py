@@ -174,11 +174,15 @@ def test_nvidia_sample_caches_are_never_ready_here_and_say_why(
         found = {n: caches.status(n) for n in names}
         return (
             found
-            if all(_condition(s, "Ready").get("reason") not in (None, "JobPending") for s in found.values())
+            # DiscoveringManifest: an NGC source's puller image is being asked for its manifest (a probe Job).
+            if all(
+                _condition(s, "Ready").get("reason") not in (None, "JobPending", "DiscoveringManifest")
+                for s in found.values()
+            )
             else None
         )
 
-    statuses = wait_for(settled, timeout=120, what="every sample cache to report why it is not Ready")
+    statuses = wait_for(settled, timeout=180, what="every sample cache to report why it is not Ready")
     time.sleep(3)  # a crash loop would show up as more pods by now
     rows = []
     for name in names:
@@ -191,11 +195,24 @@ def test_nvidia_sample_caches_are_never_ready_here_and_say_why(
     with capsys.disabled():
         print("\nNVIDIA's sample NIMCaches on the light cluster (kwok nodes, no storage provisioner):")
         print("\n".join(rows))
-    # Without a default StorageClass nothing binds the claims: the missing piece, named.
+    # An NGC source without model.profiles first needs its puller image's manifest (cache_profiles), which a
+    # probe Job of an nvcr.io image cannot print here: a failure naming the fix. Every other cache waits for
+    # its claim: without a default StorageClass nothing binds it, and the missing piece is named.
+    specs = dict(zip(names, (doc["spec"] for doc in _samples()), strict=True))
+    unbound = 0
     for name, status in statuses.items():
         ready = _condition(status, "Ready")
+        ngc = specs[name]["source"].get("ngc") or {}
+        if ready["reason"] == "ManifestUnavailable":
+            assert ngc, (name, ready)
+            assert not (ngc.get("model") or {}).get("profiles"), (name, ready)
+            assert "spec.source.ngc.model.profiles" in ready["message"], (name, ready)
+            continue
+        unbound += 1
         assert ready["reason"] == "PVCNotBound", (name, ready)
-        assert "needs the cluster's default StorageClass" in ready["message"], (name, ready)
+        assert "names no storage class (the cluster's default StorageClass" in ready["message"], (name, ready)
+        assert "unbound immediate PersistentVolumeClaims" in ready["message"], (name, ready)  # the scheduler's
+    assert unbound >= 10, unbound
 
 
 def test_renamed_claims_and_services_are_reported_not_deleted(nim: NIM) -> None:

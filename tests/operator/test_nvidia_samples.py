@@ -1,13 +1,18 @@
 """NVIDIA's own sample manifests, with only ``apiVersion`` changed to ours, on the real API server.
 
 Every NIMService and NIMCache document under ``../shared/compat/nvidia-samples/`` (NVIDIA's
-``config/samples/nim/``, read-only) is created with a server-side dry run and strict field validation, so
-an unknown field is a refusal (not silently pruned), and OpenAPI and CEL validation run as for `kubectl
-apply`. The Secrets and the namespace the samples assume exist.
+``config/samples/nim/``, read-only), with the Secrets and the namespace the samples assume:
 
-Asserted: 100 % of the NIMService documents are accepted, and 100 % of the NIMCache documents once the API
-server serves our NIMCache CRD (before it, they are listed as not tried). The table (sample, kind,
-name, accepted, reason) is printed to the terminal even without ``-s``, so CI's log shows the count.
+1. created with a server-side dry run and strict field validation, so an unknown field is a refusal (not
+   silently pruned), and OpenAPI and CEL validation run as for `kubectl apply`. Asserted: 100 % accepted.
+2. applied for real with the operator running, each sample file in a namespace of its own (several files
+   reuse the same object names). Asserted: 100 % accepted, and every object ends in a state the operator
+   explains: Ready, or Failed / Pending / NotReady with a condition whose reason names what is missing
+   (an NGC download, a claim no provisioner binds, a runtime class, KServe, a field not built yet), never
+   a silent wait, and the operator neither crashes nor logs a handler failure. The test reads the states
+   the operator reports and classifies them, so it stays right as more of NVIDIA's API is built.
+
+The tables (sample, kind, accepted, state, reason) are printed even without ``-s``, so CI's log shows them.
 """
 
 from __future__ import annotations
@@ -68,6 +73,28 @@ def _ours(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "apiVersion": f"{c.GROUP}/{body['apiVersion'].split('/', 1)[1]}"}
 
 
+#: Secrets the samples name, with the keys their consumers read (values are not real keys).
+SECRETS: dict[str, dict[str, str]] = {
+    "ngc-api-secret": {"NGC_API_KEY": "not-a-key"},
+    "hf-api-secret": {"HF_TOKEN": "not-a-token"},
+    "hf-secret": {"HF_TOKEN": "not-a-token"},
+    "aws-api-secret": {"AWS_ACCESS_KEY_ID": "not-an-id", "AWS_SECRET_ACCESS_KEY": "not-a-key"},
+    "https-api-secret": {"NGC_API_KEY": "not-a-key"},
+    "jfrog-api-secret": {"NGC_API_KEY": "not-a-key"},
+}
+
+
+def _create_secrets(core: client.CoreV1Api, namespace: str) -> None:
+    docker = {"auths": {"nvcr.io": {"username": "$oauthtoken", "password": "not-a-key"}}}
+    secrets = [("ngc-secret", "kubernetes.io/dockerconfigjson", {".dockerconfigjson": json.dumps(docker)})]
+    secrets += [(name, "Opaque", data) for name, data in SECRETS.items()]
+    for name, type_, data in secrets:
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        core.create_namespaced_secret(
+            namespace, client.V1Secret(metadata=client.V1ObjectMeta(name=name), type=type_, data=encoded)
+        )
+
+
 @pytest.fixture
 def sample_namespace(crd: Cluster) -> Iterator[str]:
     """NVIDIA's namespace with the Secrets their samples name (an NGC pull secret, NGC and HF keys)."""
@@ -85,17 +112,7 @@ def sample_namespace(crd: Cluster) -> Iterator[str]:
     # A namespace from an earlier run may still be terminating: creating objects in it would fail.
     wait_for(absent, timeout=120, what=f"namespace {SAMPLE_NAMESPACE} from an earlier run to be gone")
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=SAMPLE_NAMESPACE)))
-    docker = {"auths": {"nvcr.io": {"username": "$oauthtoken", "password": "not-a-key"}}}
-    secrets = [
-        ("ngc-secret", "kubernetes.io/dockerconfigjson", {".dockerconfigjson": json.dumps(docker)}),
-        ("ngc-api-secret", "Opaque", {"NGC_API_KEY": "not-a-key"}),
-        ("hf-api-secret", "Opaque", {"HF_TOKEN": "not-a-token"}),
-    ]
-    for name, type_, data in secrets:
-        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        core.create_namespaced_secret(
-            SAMPLE_NAMESPACE, client.V1Secret(metadata=client.V1ObjectMeta(name=name), type=type_, data=encoded)
-        )
+    _create_secrets(core, SAMPLE_NAMESPACE)
     try:
         yield SAMPLE_NAMESPACE
     finally:

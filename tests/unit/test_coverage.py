@@ -28,16 +28,6 @@ def _spec(**fields: Any) -> NIMServiceSpec:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"inferencePlatform": "kserve"}, ["spec.inferencePlatform: kserve"]),
-        (
-            {"expose": {"router": {"gateway": GATEWAY, "eppConfig": EPP}}},
-            ["spec.expose.router.gateway", "spec.expose.router.eppConfig"],
-        ),
-        ({"router": {"ingress": {"ingressClass": "nginx"}}}, ["spec.router.ingress"]),
-        ({"proxy": {"httpsProxy": "http://proxy:3128"}}, ["spec.proxy"]),
-        ({"initContainers": [{"name": "init", "image": IMAGE}]}, ["spec.initContainers"]),
-        ({"sidecarContainers": [{"name": "side", "image": IMAGE}]}, ["spec.sidecarContainers"]),
-        ({"expose": {"service": {"grpcPort": 50051}}}, ["spec.expose.service.grpcPort"]),
         ({"podAffinity": {}}, ["spec.podAffinity"]),
     ],
 )
@@ -47,15 +37,62 @@ def test_each_field_not_built_is_named(fields: dict[str, Any], named: list[str])
     assert all("does not build yet" in u.message and u.field in u.message for u in found)
 
 
-def test_fields_that_are_built_are_not_named() -> None:
-    spec = _spec(
-        inferencePlatform="standalone",
-        replicas=2,
-        expose={"router": {"hostDomainName": "example.com"}, "ingress": {"enabled": True, "spec": {}}},
-        storage={"pvc": {"create": True, "size": "1Gi"}},
-    )
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {
+            "inferencePlatform": "standalone",
+            "replicas": 2,
+            "expose": {"router": {"hostDomainName": "example.com"}, "ingress": {"enabled": True, "spec": {}}},
+            "storage": {"pvc": {"create": True, "size": "1Gi"}},
+        },
+        {"inferencePlatform": "kserve"},
+        {"expose": {"router": {"hostDomainName": "example.com", "gateway": GATEWAY, "eppConfig": EPP}}},
+        {"router": {"hostDomainName": "example.com", "ingress": {"ingressClass": "nginx"}}},
+        {"proxy": {"httpsProxy": "http://proxy:3128", "certConfigMap": "ca"}},
+        {"initContainers": [{"name": "init", "image": IMAGE}]},
+        {"sidecarContainers": [{"name": "side", "image": IMAGE}]},
+        {"expose": {"service": {"grpcPort": 50051, "metricsPort": 8002}}},
+    ],
+)
+def test_fields_that_are_built_are_not_named(fields: dict[str, Any]) -> None:
+    spec = _spec(**fields)
     assert not_built(spec) == []
     assert ignored(spec) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        (
+            {"expose": {"router": {"hostDomainName": "example.com", "gateway": GATEWAY, "eppConfig": EPP}}},
+            ["spec.expose.router.gateway", "spec.expose.router.eppConfig"],
+        ),
+        (
+            {"expose": {"service": {"type": "NodePort", "name": "other"}}},
+            ["spec.expose.service (type, name, annotations, labels)"],
+        ),
+        ({"replicas": 2, "annotations": {"serving.kserve.io/deploymentMode": "Knative"}}, ["spec.replicas"]),
+        (
+            {
+                "scale": {
+                    "enabled": True,
+                    "hpa": {
+                        "maxReplicas": 3,
+                        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}},
+                        "metrics": [{"type": "Pods", "pods": {"metric": {"name": "queue"}}}],
+                    },
+                }
+            },
+            ["spec.scale.hpa.behavior", "spec.scale.hpa.metrics"],
+        ),
+    ],
+)
+def test_what_kserve_cannot_carry_is_reported_as_ignored(fields: dict[str, Any], named: list[str]) -> None:
+    found = ignored(_spec(inferencePlatform="kserve", **fields))
+    assert [i.field for i in found] == named
+    assert all("KServe" in i.message for i in found)
+    assert ignored(_spec(**fields)) == [] or "scale" in fields, "standalone builds them"
 
 
 def test_replicas_under_autoscaling_is_reported_as_ignored() -> None:
@@ -127,17 +164,12 @@ def _samples() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="NVIDIA's samples are not beside this checkout")
 def test_nvidia_samples_that_ask_for_what_is_not_built_are_told_so() -> None:
-    """Every sample parses; the ones under advanced/, kserve/ and routers/ name what they ask for."""
+    """Every sample parses, and every field of theirs is built now: multi-node, DRA, routers, KServe."""
     named = {path: [u.field for u in not_built(NIMServiceSpec.model_validate(spec))] for path, spec in _samples()}
     assert len(named) >= 20
-    built = ("serving/advanced/multi-node/", "serving/advanced/dra/")
     for path, fields in named.items():
         if path.startswith(("serving/advanced/", "serving/kserve/", "serving/standalone/routers/")):
-            assert fields or path.startswith(built), f"{path} asks for something not built, and nothing says so"
+            assert fields == [], f"{path}: {fields}"
     assert named["serving/advanced/multi-node/multi-node-nimservice.yaml"] == []
     assert named["serving/advanced/dra/manual/llm.yaml"] == []
-    assert named["serving/standalone/routers/grpcroutes/llm.yaml"] == [
-        "spec.expose.router.gateway",
-        "spec.expose.service.grpcPort",
-    ]
     assert named["serving/standalone/basic/llm.yaml"] == []

@@ -86,7 +86,8 @@ IMAGE = {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3.3"}
 
 
 def _backend(ref: dict[str, Any]) -> dict[str, Any]:
-    return {"expose": {"router": {"gateway": {"name": "g", "namespace": "n", "backendRef": {"name": "p", **ref}}}}}
+    gateway = {"name": "g", "namespace": "n", "backendRef": {"name": "p", **ref}}
+    return {"expose": {"router": {"hostDomainName": "example.com", "gateway": gateway}}}
 
 
 @pytest.mark.parametrize(
@@ -181,13 +182,26 @@ def test_accepted(case: str, spec: dict[str, Any]) -> None:
         ),
         (
             "router ingress and gateway",
-            {"expose": {"router": {"ingress": {"ingressClass": "nginx"}, "gateway": {"name": "g", "namespace": "n"}}}},
+            {
+                "expose": {
+                    "router": {
+                        "hostDomainName": "example.com",
+                        "ingress": {"ingressClass": "nginx"},
+                        "gateway": {"name": "g", "namespace": "n"},
+                    }
+                }
+            },
             "not both",
         ),
         ("router in both places", {"router": {}, "expose": {"router": {}}}, "not both"),
         (
             "legacy and router ingress",
-            {"expose": {"ingress": {"enabled": True}, "router": {"ingress": {"ingressClass": "nginx"}}}},
+            {
+                "expose": {
+                    "ingress": {"enabled": True},
+                    "router": {"hostDomainName": "example.com", "ingress": {"ingressClass": "nginx"}},
+                }
+            },
             "set one",
         ),
         (
@@ -207,7 +221,14 @@ def test_accepted(case: str, spec: dict[str, Any]) -> None:
         ),
         (
             "backendRef to a Service without port",
-            {"expose": {"router": {"gateway": {"name": "g", "namespace": "n", "backendRef": {"name": "svc"}}}}},
+            {
+                "expose": {
+                    "router": {
+                        "hostDomainName": "example.com",
+                        "gateway": {"name": "g", "namespace": "n", "backendRef": {"name": "svc"}},
+                    }
+                }
+            },
             "needs port",
         ),
         ("memory not a quantity", {"resources": {"limits": {"memory": "lots"}}}, "must be a quantity"),

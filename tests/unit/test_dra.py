@@ -31,13 +31,15 @@ from tests.cluster import dra_slices
 from tests.unit.test_reconciler_pod_events import SERVICE, MemoryKube
 
 OWNER = Owner("llama", "team-a", "uid-1")
-IMAGE = {"repository": "nvcr.io/nim/meta/llama-3.1-8b-instruct", "tag": "1.3"}
+# Our runtime with our catalog's Llama 3.1 8B (NVIDIA's image would take only its own manifest's ids).
+IMAGE = {"repository": "nim-runtime", "tag": "dev"}
+MODEL = {"name": "meta/llama-3.1-8b-instruct"}
 NODES = Path(__file__).resolve().parents[1] / "cluster" / "nodes.yaml"
 DEVICE_CLASS_PATH = "/apis/resource.k8s.io/v1/deviceclasses/gpu.nvidia.com"
 
 
 def _spec(**fields: Any) -> NIMServiceSpec:
-    return NIMServiceSpec.model_validate({"image": IMAGE, **fields})
+    return NIMServiceSpec.model_validate({"image": IMAGE, "model": MODEL, **fields})
 
 
 def _cel(template: dict[str, Any]) -> list[str]:
@@ -257,7 +259,7 @@ def test_reconciler_claims_the_profile_on_dra_only_nodes() -> None:
             reconciler.nodes[facts.name] = facts
         if n["metadata"]["labels"].get(c.GPU_PRODUCT_LABEL):
             reconciler.dra.slice_seen(dra_slices.resource_slice(n))
-    outcome = reconciler.reconcile(_service({"image": IMAGE}))
+    outcome = reconciler.reconcile(_service({"image": IMAGE, "model": MODEL}))
     templates = [a for a in outcome.applied if a.startswith("ResourceClaimTemplate/llama-gpus-")]
     assert len(templates) == 1
     pod = _deployment(kube)["spec"]["template"]["spec"]
@@ -277,7 +279,7 @@ def test_reconciler_fails_a_claim_no_device_class_serves_and_applies_nothing() -
     reconciler, kube, _ = _reconciler()
     device = {"name": "gpu", "deviceClassName": "tpu.example.com"}
     outcome = reconciler.reconcile(
-        _service({"image": IMAGE, "draResources": [{"claimCreationSpec": {"devices": [device]}}]})
+        _service({"image": IMAGE, "model": MODEL, "draResources": [{"claimCreationSpec": {"devices": [device]}}]})
     )
     assert outcome.status.state == "Failed"
     failed = next(cond for cond in outcome.status.conditions if cond.type == "Failed")
@@ -287,7 +289,9 @@ def test_reconciler_fails_a_claim_no_device_class_serves_and_applies_nothing() -
     )
     assert [p for p in kube.objects if "deviceclasses" not in p] == []
     kube.objects[DEVICE_CLASS_PATH] = dra_slices.device_class()
-    good = _service({"image": IMAGE, "draResources": [{"claimCreationSpec": {"devices": [{"name": "gpu"}]}}]})
+    good = _service(
+        {"image": IMAGE, "model": MODEL, "draResources": [{"claimCreationSpec": {"devices": [{"name": "gpu"}]}}]}
+    )
     good["metadata"]["generation"] = 2
     applied = reconciler.reconcile(good)
     assert applied.status.state == "Pending"
@@ -305,7 +309,9 @@ def test_a_changed_claim_spec_replaces_its_template() -> None:
 
     def service(memory: str, generation: int) -> dict[str, Any]:
         device = {"name": "gpu", "capacitySelectors": [{"key": "memory", "op": "GreaterThanOrEqual", "value": memory}]}
-        body = _service({"image": IMAGE, "draResources": [{"claimCreationSpec": {"devices": [device]}}]})
+        body = _service(
+            {"image": IMAGE, "model": MODEL, "draResources": [{"claimCreationSpec": {"devices": [device]}}]}
+        )
         body["metadata"]["generation"] = generation
         return body
 

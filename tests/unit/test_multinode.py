@@ -15,6 +15,7 @@ from nim_operator.placement import decide, placement_of
 from nim_operator.render import Owner, render_children
 from nim_operator.render.lws import lws_name, readiness_view, render_leader_worker_set
 from nim_runtime.profiles import NodeGpuFacts, ProfileError, find_manifest
+from tests.unit.nim_manifests import kept_answer
 from tests.unit.test_dra import _reconciler as listing_reconciler
 from tests.unit.test_reconciler_pod_events import SERVICE, _reconciler
 
@@ -193,6 +194,8 @@ def test_readiness_view_reads_the_groups() -> None:
 
 def test_reconciler_applies_a_group_and_fails_one_no_pool_holds() -> None:
     reconciler, kube, _ = _reconciler()
+    path, answer = kept_answer("team-a", "nvcr.io/nim/deepseek-ai/deepseek-r1:1.7.3")  # no manifest: NVIDIA's layout
+    kube.objects[path] = answer
     for node in H100:
         reconciler.nodes[node.name] = node
     body = copy.deepcopy(SERVICE)
@@ -215,6 +218,8 @@ def test_reconciler_applies_a_group_and_fails_one_no_pool_holds() -> None:
 
 def test_a_group_with_dra_claims_takes_its_devices_from_them() -> None:
     reconciler, kube, _ = listing_reconciler()
+    path, answer = kept_answer("team-a", "nvcr.io/nim/deepseek-ai/deepseek-r1:1.7.3")
+    kube.objects[path] = answer
     kube.objects["/apis/resource.k8s.io/v1/deviceclasses/gpu.nvidia.com"] = {"metadata": {"name": "gpu.nvidia.com"}}
     for node in H100:
         reconciler.nodes[node.name] = node

@@ -178,8 +178,9 @@ def _spec(source: dict[str, Any]) -> NIMCacheSpec:
         # Found by the manifest's hf:// source, not its catalog name (meta/llama-3.1-8b-instruct).
         ({"hf": {"endpoint": "http://h", "namespace": "meta-llama", "modelName": "Llama-3.1-8B-Instruct"}},
          None),
+        # An NGC source's profiles are chosen before its download (cache_profiles, test_cache_profiles).
         ({"ngc": {"authSecret": "a", "modelPuller": "nvcr.io/nim/x:1", "model": {"profiles": ["p1", "p2"]}}},
-         ["p1", "p2"]),
+         []),
         ({"ngc": {"authSecret": "a", "modelPuller": "nvcr.io/nim/x:1"}}, []),
         ({"hf": {"endpoint": "http://h", "namespace": "acme", "modelName": "unknown"}}, []),
     ],

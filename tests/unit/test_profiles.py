@@ -12,7 +12,6 @@ from nim_runtime.profiles import (
     ProfileError,
     ProfileSelector,
     find_manifest,
-    find_manifest_for_image,
     gpu_matches,
     load_catalog,
     parse_manifest,
@@ -52,9 +51,12 @@ def test_profiles_import_without_vllm() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_image_lookup_tolerates_mirrors() -> None:
-    assert find_manifest_for_image("mirror.example/nim/meta/llama-3.1-70b-instruct") is LLAMA_70B
-    assert find_manifest_for_image("nvcr.io/nim/meta/unknown-model") is None
+def test_catalog_claims_no_other_vendors_image() -> None:
+    """Our ids go only into our runtime: no catalog entry names an image (NVIDIA's NIM images accept
+    only their own manifest's ids, which the operator reads from the image)."""
+    assert all("images" not in m.model_dump() for m in load_catalog().values())
+    for manifest in load_catalog().values():
+        assert all(p.source_tags == () for p in manifest.profiles)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,13 @@ def test_image_lookup_tolerates_mirrors() -> None:
         ("A10G", "NVIDIA-A10G", True),
         ("A10", "NVIDIA-A100-SXM4-80GB", False),
         ("H100", "NVIDIA-H200", False),
+        ("H100_NVL", "NVIDIA-H100-NVL", True),
+        ("H100_NVL", "NVIDIA-H100-80GB-HBM3", False),
+        ("H100", "NVIDIA-H100-NVL", True),
+        ("A100_SXM4_40GB", "NVIDIA-A100-SXM4-40GB", True),
+        ("A100_SXM4_40GB", "NVIDIA-A100-SXM4-80GB", False),
+        ("L40", "NVIDIA-L40S", False),
+        ("NVIDIA-L40S", "NVIDIA-L40S", True),
     ],
 )
 def test_gpu_family_matching_is_by_token(family: str, product: str, expected: bool) -> None:
@@ -109,7 +118,9 @@ def test_memory_and_gpu_count_rule_out_small_nodes() -> None:
     with pytest.raises(ProfileError) as err:
         select_profile(LLAMA_8B, a10g_only)
     message = str(err.value)
-    assert "vllm-bf16-tp1: no node can run it: NVIDIA-A10G has 23028 MiB per GPU, needs 24576" in message
+    # The KV cache of one 131072-token sequence alone is 16 GiB in bf16: 24 GiB GPUs cannot start it.
+    assert "vllm-bf16-tp1: no node can run it: NVIDIA-A10G has 23028 MiB per GPU, needs 37498 MiB per GPU" in message
+    assert "16384 KV cache at 131072 tokens" in message
     assert "vllm-bf16-tp2-a10g: no node can run it: NVIDIA-A10G has 1 GPU(s), needs 2" in message
     assert len(err.value.rejected) == len(LLAMA_8B.profiles)
 

@@ -20,7 +20,8 @@ SERVICE: dict[str, Any] = {
     "apiVersion": "apps.nimoperator.dev/v1alpha1",
     "kind": "NIMService",
     "metadata": {"name": "llama", "namespace": "team-a", "uid": "uid-1", "generation": 1},
-    "spec": {"image": {"repository": "registry.example/unknown-model", "tag": "1"}, "replicas": 1},
+    # Our runtime without a catalog model: no manifest, no probe; the pods are what the test is about.
+    "spec": {"image": {"repository": "registry.example/nim-runtime", "tag": "1"}, "replicas": 1},
 }
 
 

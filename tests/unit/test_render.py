@@ -175,9 +175,14 @@ def test_cpu_or_unmanaged_pods_get_no_gpu_toleration() -> None:
     assert "resources" not in pod["containers"][0] or not pod["containers"][0]["resources"]
 
 
+def _by_kind(spec: NIMServiceSpec) -> dict[str, Any]:
+    """The NIMService's own children by kind (the endpoint picker's Deployment and Service left out)."""
+    return {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec)) if not ch.name.endswith("-epp")}
+
+
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
     spec = _spec(scale={"enabled": True, "hpa": {"minReplicas": 1, "maxReplicas": 4}})
-    children = {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec))}
+    children = _by_kind(spec)
     assert children["Deployment"].body is not None
     assert "replicas" not in children["Deployment"].body["spec"]
     hpa = children["HorizontalPodAutoscaler"].body
@@ -188,7 +193,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
 
 def test_disabled_features_render_as_deletions() -> None:
     spec = _spec(replicas=3)
-    children = {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec))}
+    children = _by_kind(spec)
     assert children["Deployment"].body is not None
     assert children["Deployment"].body["spec"]["replicas"] == 3
     for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "Ingress"):
@@ -199,7 +204,7 @@ def test_disabled_features_render_as_deletions() -> None:
 
 def test_a_created_claim_outlives_its_nimservice() -> None:
     spec = _spec(storage={"pvc": {"create": True, "size": "50Gi", "annotations": {"backup": "daily"}}})
-    children = {ch.kind: ch for ch in render_children(OWNER, spec, _placed(spec))}
+    children = _by_kind(spec)
     claim = children["PersistentVolumeClaim"].body
     assert claim is not None
     assert "ownerReferences" not in claim["metadata"]

@@ -99,3 +99,46 @@ class ContainerSpec(Model):
     args: list[str] = Field(default_factory=list, description="Arguments to the entrypoint.")
     env: list[dict[str, Any]] = k8s_objects("Container env (core/v1 EnvVar).")
     working_dir: str | None = Field(default=None, description="Working directory; the image's when unset.")
+    # Ours, beyond NVIDIA's short form: without them the operator's defaults apply.
+    security_context: dict[str, Any] | None = k8s_object(
+        "core/v1 SecurityContext; default: restricted (non-root, no privilege escalation, no capabilities, "
+        "RuntimeDefault seccomp, read-only root filesystem with a writable /tmp)."
+    )
+    resources: dict[str, Any] | None = k8s_object("core/v1 ResourceRequirements of this container.")
+
+
+#: Names the operator gives containers of its own in the pod: the NIM, and the CA bundle's init container.
+RESERVED_CONTAINER_NAMES = ("nim", "update-ca-certificates")
+#: Bounds the cost estimate of the rules below (a pod with more extra containers is a mistake anyway).
+MAX_EXTRA_CONTAINERS = 32
+
+
+def extra_containers(description: str) -> Any:
+    """A list of extra containers, unique by name as the API server checks a pod's (a duplicate is refused
+    at admission, not when the Deployment is applied)."""
+    return Field(
+        default_factory=list,
+        max_length=MAX_EXTRA_CONTAINERS,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+def _not_reserved(field: str) -> tuple[str, str]:
+    return (
+        f"!has(self.{field}) || self.{field}.all(x, !(x.name in {list(RESERVED_CONTAINER_NAMES)}))",
+        f"spec.{field}: the names {', '.join(RESERVED_CONTAINER_NAMES)} belong to the operator's containers: "
+        "rename the container",
+    )
+
+
+#: Spec-level rules: every container of the pod needs a name of its own.
+CONTAINER_RULES = (
+    _not_reserved("initContainers"),
+    _not_reserved("sidecarContainers"),
+    (
+        "!has(self.initContainers) || !has(self.sidecarContainers) || "
+        "self.sidecarContainers.all(s, !self.initContainers.exists(i, i.name == s.name))",
+        "spec.initContainers and spec.sidecarContainers share a container name: names must be unique in the pod",
+    ),
+)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nim_operator.api.kserve import deployment_mode
 from nim_operator.api.spec import NIMServiceSpec
 
 UNSUPPORTED_REASON = "UnsupportedField"
@@ -59,54 +60,6 @@ _Check = Callable[[NIMServiceSpec], bool]
 
 # (field, is it set, what it asks for, how to do without it)
 _NOT_BUILT: tuple[tuple[str, _Check, str, str], ...] = (
-    (
-        "spec.inferencePlatform: kserve",
-        lambda s: s.inference_platform == "kserve",
-        "a KServe InferenceService",
-        "set inferencePlatform to standalone (or remove it) for a Deployment and Service",
-    ),
-    (
-        "{router}.ingress",
-        lambda s: (r := s.effective_router) is not None and r.ingress is not None,
-        "an Ingress for <name>.<namespace>.<hostDomainName>",
-        "use spec.expose.ingress with an IngressSpec instead",
-    ),
-    (
-        "{router}.gateway",
-        lambda s: (r := s.effective_router) is not None and r.gateway is not None,
-        "Gateway API routes (HTTPRoute, GRPCRoute) to the Service",
-        "remove it and route to the Service yourself",
-    ),
-    (
-        "{router}.eppConfig",
-        lambda s: (r := s.effective_router) is not None and r.epp_config is not None,
-        "an InferencePool and its endpoint picker (Gateway API Inference Extension)",
-        "remove it to balance over the Service",
-    ),
-    (
-        "spec.proxy",
-        lambda s: s.proxy is not None,
-        "proxy settings and a CA bundle in the containers",
-        "set HTTP_PROXY, HTTPS_PROXY and NO_PROXY in spec.env instead",
-    ),
-    (
-        "spec.initContainers",
-        lambda s: bool(s.init_containers),
-        "init containers in the pod",
-        "remove them",
-    ),
-    (
-        "spec.sidecarContainers",
-        lambda s: bool(s.sidecar_containers),
-        "sidecar containers in the pod",
-        "remove them",
-    ),
-    (
-        "spec.expose.service.grpcPort",
-        lambda s: s.expose.service.grpc_port is not None,
-        "a gRPC port on the container and the Service",
-        "remove it: our runtime serves HTTP on spec.expose.service.port",
-    ),
     (
         "spec.podAffinity",
         lambda s: s.pod_affinity is not None,
@@ -168,12 +121,57 @@ def ignored(spec: NIMServiceSpec) -> list[Ignored]:
                 "no NVLink ComputeDomain (NVIDIA's DRA driver) is created or claimed for the group yet",
             )
         )
-    if spec.expose.service.metrics_port is not None:
+    if spec.inference_platform == "kserve":
+        out += kserve_ignored(spec)
+    return out
+
+
+_KSERVE_METRICS = ("cpu", "memory")
+
+
+def _kserve_scale_metric(metric: dict[str, object]) -> bool:
+    resource = metric.get("resource")
+    return metric.get("type") == "Resource" and isinstance(resource, dict) and resource.get("name") in _KSERVE_METRICS
+
+
+def kserve_ignored(spec: NIMServiceSpec) -> list[Ignored]:
+    """What an InferenceService cannot carry: KServe makes the Service, the routes and the autoscaler itself."""
+    out: list[Ignored] = []
+    why = "with inferencePlatform kserve, KServe"
+    router = spec.effective_router
+    path = _router_path(spec)
+    if router is not None and router.gateway is not None:
+        out.append(Ignored(f"{path}.gateway", "NotApplied", f"{why} routes the InferenceService itself"))
+    if router is not None and router.epp_config is not None:
+        out.append(Ignored(f"{path}.eppConfig", "NotApplied", f"{why} balances over its own Service"))
+    service = spec.expose.service
+    if service.type != "ClusterIP" or service.name or service.annotations or service.labels:
         out.append(
             Ignored(
-                "spec.expose.service.metricsPort",
+                "spec.expose.service (type, name, annotations, labels)",
                 "NotApplied",
-                "no separate metrics port is opened; metrics are served on the api port",
+                f"{why} creates the InferenceService's Service; only its ports reach the predictor's container",
+            )
+        )
+    mode = deployment_mode(spec.annotations)
+    if mode == "Knative" and spec.replicas is not None:
+        out.append(
+            Ignored(
+                "spec.replicas",
+                "ReplicasUnderKnative",
+                "KServe runs in Knative mode, whose autoscaler sets the replica count "
+                "(autoscaling.knative.dev/min-scale and max-scale annotations bound it)",
+            )
+        )
+    hpa = spec.scale.hpa if spec.autoscaling and spec.scale is not None else None
+    if hpa is not None and hpa.behavior:
+        out.append(Ignored("spec.scale.hpa.behavior", "NotApplied", f"{why} creates the autoscaler without it"))
+    if hpa is not None and any(not _kserve_scale_metric(m) for m in hpa.metrics):
+        out.append(
+            Ignored(
+                "spec.scale.hpa.metrics",
+                "NotApplied",
+                f"{why} scales on one cpu or memory Resource metric (the first one given); the others are dropped",
             )
         )
     return out

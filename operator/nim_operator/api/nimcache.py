@@ -175,10 +175,11 @@ class CacheCondition(Model):
 
 
 class CachedProfile(Model):
-    name: str
+    name: str = Field(description="The profile id (NIM's hash), as download-to-cache takes it.")
     model: str | None = None
     release: str | None = None
-    config: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, str] = Field(default_factory=dict, description="The profile's tags in the image's manifest.")
+    reason: str | None = Field(default=None, description="Why the operator caches it (ours).")
 
 
 class CacheProgress(Model):

@@ -12,11 +12,24 @@ from typing import Any, Literal
 from pydantic import Field
 
 from nim_operator import constants as c
-from nim_operator.api.common import ContainerSpec, Image, k8s_object, k8s_objects, quantities, quantity, rules
+from nim_operator.api.common import (
+    CONTAINER_RULES,
+    ContainerSpec,
+    Image,
+    extra_containers,
+    k8s_object,
+    k8s_objects,
+    quantities,
+    quantity,
+    rules,
+)
 from nim_operator.api.common import Model as _Model
 from nim_operator.api.dra import DRAResource
+from nim_operator.api.expose import SPEC_RULES as ROUTER_RULES
 from nim_operator.api.expose import Expose, Router
+from nim_operator.api.kserve import SPEC_RULES as KSERVE_RULES
 from nim_operator.api.multinode import MultiNode
+from nim_runtime.profiles.manifest import Engine, Precision
 
 PlatformType = Literal["standalone", "kserve"]
 
@@ -197,10 +210,10 @@ class GpuProduct(_Model):
 
 
 class ProfileSelectorSpec(_Model):
-    engine: Literal["vllm"] | None = Field(default=None, description="Inference engine.")
-    precision: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
-        default=None, description="Precision."
+    engine: Engine | None = Field(
+        default=None, description="Inference engine: vllm (our runtime), or tensorrt_llm / sglang in NIM images."
     )
+    precision: Precision | None = Field(default=None, description="Precision, e.g. fp8, bf16 or NIM's int4_awq.")
     tensor_parallelism: int | None = Field(default=None, ge=1, description="GPUs per replica.")
     qos_profile: Literal["throughput", "latency"] | None = Field(default=None, description="Optimisation target.")
     lora: bool | None = Field(default=None, description="Whether the profile supports LoRA adapters.")
@@ -212,7 +225,10 @@ class Proxy(_Model):
     https_proxy: str | None = Field(default=None, description="HTTPS_PROXY of the containers.")
     no_proxy: str | None = Field(default=None, description="NO_PROXY of the containers.")
     cert_config_map: str | None = Field(
-        default=None, description="ConfigMap with the proxy's CA certificates, added to the trusted bundle."
+        default=None,
+        description="ConfigMap whose *.crt and *.pem keys (PEM CA certificates, e.g. the proxy's) are added to "
+        "the image's trusted bundle by an init container at each pod start; SSL_CERT_FILE and "
+        "REQUESTS_CA_BUNDLE point at the result.",
     )
 
 
@@ -242,6 +258,9 @@ class NIMServiceSpec(_Model):
             "self.storage.nimCache.profile != self.profile)",
             "spec.profile and spec.storage.nimCache.profile name different profiles: set one of them",
         ),
+        *ROUTER_RULES,
+        *KSERVE_RULES,
+        *CONTAINER_RULES,
     )
 
     image: Image = Field(description="The runtime image.")
@@ -313,14 +332,25 @@ class NIMServiceSpec(_Model):
     startup_probe: ProbeSpec | None = Field(default=None, description=f"Default: GET {c.READY_PATH}, up to 20 minutes.")
     user_id: int = Field(default=c.DEFAULT_USER_ID, ge=1, alias="userID", description="Pod runAsUser (non-root).")
     group_id: int = Field(default=c.DEFAULT_GROUP_ID, ge=0, alias="groupID", description="Pod runAsGroup and fsGroup.")
-    proxy: Proxy | None = Field(default=None, description="HTTP(S) proxy of the containers and its CA bundle.")
+    proxy: Proxy | None = Field(
+        default=None,
+        description="HTTP(S) proxy of the containers (HTTP_PROXY, HTTPS_PROXY, NO_PROXY, upper and lower case) and "
+        "a ConfigMap of CA certificates (*.crt, *.pem keys) added to the trusted bundle at /etc/ssl.",
+    )
     multi_node: MultiNode | None = Field(default=None, description="Serve each replica across several nodes.")
     inference_platform: PlatformType = Field(
         default="standalone",
         description="standalone (a Deployment; the default) or kserve (a KServe InferenceService).",
     )
-    init_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run before the NIM.")
-    sidecar_containers: list[ContainerSpec] = Field(default_factory=list, description="Containers run beside the NIM.")
+    init_containers: list[ContainerSpec] = extra_containers(
+        "Containers run in order before the NIM (after the CA bundle's, with proxy.certConfigMap). They get the "
+        "NIM's env (their own wins), the model store, /scratch shared with the pod, and the restricted security "
+        "context unless they set one."
+    )
+    sidecar_containers: list[ContainerSpec] = extra_containers(
+        "Containers run beside the NIM, with its env (their own wins) and volume mounts, /scratch shared with "
+        "the pod, and the restricted security context unless they set one."
+    )
 
     @property
     def autoscaling(self) -> bool:
@@ -360,10 +390,20 @@ class Rejected(_Model):
 
 class ProfileStatus(_Model):
     id: str | None = Field(default=None, description="Chosen profile; empty when the runtime chooses.")
+    name: str | None = Field(default=None, description="Its readable name, when the id is a NIM hash.")
     tags: dict[str, str] = Field(default_factory=dict)
     gpu_products: list[str] = Field(default_factory=list)
     gpu_count: int = 0
     reason: str = ""
+    placement: Literal["Now", "AfterScaleUp", "WhenGPUsFree", "Waiting"] | None = Field(
+        default=None,
+        description="Where the profile runs: on free GPUs now, after an autoscaler adds a node, once GPUs "
+        "other pods hold free up, or waiting for a product only profileSelector.gpus names.",
+    )
+    node_pools: list[str] = Field(
+        default_factory=list,
+        description="Autoscaler pools (Karpenter NodePools, node groups) whose nodes can run the profile.",
+    )
     rejected: list[Rejected] = Field(default_factory=list)
     moved: str | None = Field(
         default=None, description="Why the service last moved from another profile; kept until it moves again."

@@ -14,6 +14,7 @@ the runtime image, which reports what the puller wrote.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,15 +126,20 @@ def capacity_bytes(size: int | str | None) -> int | None:
         return None
 
 
-def _puller_command(spec: NIMCacheSpec) -> list[str] | None:
+def _puller_command(spec: NIMCacheSpec, profiles: Sequence[str] | None) -> list[str] | None:
     """NVIDIA's documented entry point of every NIM image (it reads NGC_API_KEY and NIM_CACHE_PATH), for an
-    NGC source; None for the sources our downloader fetches itself."""
+    NGC source; None for the sources our downloader fetches itself.
+
+    ``profiles``: the NGC profile ids placement chose (see ``cache_profiles``); None leaves the choice to
+    ``spec.source.ngc.model.profiles``, or to the image.
+    """
     if spec.source.ngc is None:
         return None
     command = ["download-to-cache"]
     model = spec.source.ngc.model
-    if model is not None and model.profiles:
-        command += ["--profiles", *model.profiles]
+    chosen = list(profiles) if profiles is not None else (list(model.profiles) if model is not None else [])
+    if chosen:
+        command += ["--profiles", *chosen]
     return command
 
 
@@ -229,7 +235,9 @@ def _container(
     }
 
 
-def _init_containers(spec: NIMCacheSpec, mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _init_containers(
+    spec: NIMCacheSpec, mounts: list[dict[str, Any]], profiles: Sequence[str] | None
+) -> list[dict[str, Any]]:
     """The user's init containers (with the cache mounted), then an NGC source's puller."""
     found: list[dict[str, Any]] = [
         {
@@ -243,7 +251,7 @@ def _init_containers(spec: NIMCacheSpec, mounts: list[dict[str, Any]]) -> list[d
         }
         for ic in spec.init_containers
     ]
-    command = _puller_command(spec)
+    command = _puller_command(spec, profiles)
     if command is not None and spec.source.ngc is not None:
         puller = _container(PULLER, spec.source.ngc.model_puller, command, spec, mounts)
         secret = _auth_secret(spec)
@@ -270,7 +278,12 @@ def _volumes(cache: Cache, spec: NIMCacheSpec) -> tuple[list[dict[str, Any]], li
 
 
 def render_job(
-    cache: Cache, spec: NIMCacheSpec, *, runtime_image: str, runtime_pull_secrets: tuple[str, ...] = ()
+    cache: Cache,
+    spec: NIMCacheSpec,
+    *,
+    runtime_image: str,
+    runtime_pull_secrets: tuple[str, ...] = (),
+    profiles: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The download Job: non-root, read-only root, no GPU and no GPU-node selector (it needs neither)."""
     size = capacity_bytes(spec.storage.pvc.size if spec.storage.pvc and spec.storage.pvc.create else None)
@@ -296,7 +309,7 @@ def render_job(
         },
     }
     optional = {
-        "initContainers": _init_containers(spec, mounts) or None,
+        "initContainers": _init_containers(spec, mounts, profiles) or None,
         "imagePullSecrets": [{"name": s} for s in _pull_secrets(spec, runtime_pull_secrets)] or None,
         "nodeSelector": dict(spec.node_selector) or None,
         "tolerations": copy.deepcopy(spec.tolerations) or None,

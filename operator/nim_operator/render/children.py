@@ -11,8 +11,13 @@ from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.group_layout import GroupLayout
 from nim_operator.placement import Placement
 from nim_operator.render import dra, lws
+from nim_operator.render.apis import requires, unserved
 from nim_operator.render.deployment import render_deployment
+from nim_operator.render.epp import render_epp
+from nim_operator.render.kserve import KSERVE_API, render_inference_service
 from nim_operator.render.meta import Owner, child_metadata, selector_labels
+from nim_operator.render.pod_extras import service_ports
+from nim_operator.render.router import GATEWAY_API, render_grpc_route, render_http_route, render_router_ingress
 
 if TYPE_CHECKING:
     from nim_operator.cache_mount import CacheMount
@@ -31,6 +36,9 @@ class Child:
     name: str
     body: dict[str, Any] | None
     requires: str | None = None
+    #: For a required child whose API may be absent (KServe's InferenceService): what to install and how to
+    #: do without, for the Failed condition (reason MissingAPI) while the cluster does not serve it.
+    unserved: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -53,7 +61,10 @@ def render_service(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any]:
         "spec": {
             "type": svc.type,
             "selector": selector,
-            "ports": [{"name": c.API_PORT_NAME, "port": svc.port, "targetPort": c.API_PORT_NAME, "protocol": "TCP"}],
+            "ports": [
+                {"name": c.API_PORT_NAME, "port": svc.port, "targetPort": c.API_PORT_NAME, "protocol": "TCP"},
+                *service_ports(spec),
+            ],
         },
     }
 
@@ -149,6 +160,10 @@ def render_ingress(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     }
 
 
+def _ingress(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
+    return render_ingress(owner, spec) or render_router_ingress(owner, spec)
+
+
 def render_network_policy(owner: Owner, spec: NIMServiceSpec) -> dict[str, Any] | None:
     """Ingress to the pods on the api port only (inference, health and metrics all live there)."""
     policy = spec.network_policy
@@ -198,7 +213,10 @@ def _workload(
     group: GroupLayout | None,
     claims: dra.ClaimPlan,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(Deployment, LeaderWorkerSet): the one that runs the pods, the other None (to be deleted)."""
+    """(Deployment, LeaderWorkerSet): the one that runs the pods, the other None (to be deleted); both None
+    under KServe, whose InferenceService runs them."""
+    if spec.inference_platform == "kserve":
+        return None, None
     if group is None:
         deployment = render_deployment(owner, spec, placement, cache, surge_blocked=surge_blocked)
         dra.apply_to_pod(deployment["spec"]["template"]["spec"], claims, spec)
@@ -208,6 +226,16 @@ def _workload(
     for role in ("leaderTemplate", "workerTemplate"):
         dra.apply_to_pod(templates[role]["spec"], claims, spec)
     return None, group_set
+
+
+def _inference_service(
+    owner: Owner, spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None, claims: dra.ClaimPlan
+) -> dict[str, Any] | None:
+    """KServe's InferenceService, its predictor pod with the DRA claims the Deployment's would have."""
+    isvc = render_inference_service(owner, spec, placement, cache)
+    if isvc is not None:
+        dra.apply_to_pod(isvc["spec"]["predictor"], claims, spec)
+    return isvc
 
 
 def render_children(
@@ -236,16 +264,26 @@ def render_children(
     # Templates come and go by name (their spec is immutable); the reconciler prunes the ones not rendered.
     rendered += [(dra.API_VERSION, dra.TEMPLATE_KIND, t["metadata"]["name"], t) for t in claims.templates]
     deployment, group_set = _workload(owner, spec, placement, cache, surge_blocked, group, claims)
+    # Under KServe, the InferenceService's controller makes the Deployment, Service, autoscaler and routes.
+    standalone = spec.inference_platform != "kserve"
     rendered += [
         ("apps/v1", "Deployment", owner.name, deployment),
         (lws.API_VERSION, lws.KIND, lws.lws_name(owner), group_set),
-        ("v1", "Service", service_name(owner, spec), render_service(owner, spec)),
+        ("v1", "Service", service_name(owner, spec), render_service(owner, spec) if standalone else None),
         ("policy/v1", "PodDisruptionBudget", owner.name, render_pdb(owner, spec)),
-        ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec)),
-        ("networking.k8s.io/v1", "Ingress", owner.name, render_ingress(owner, spec)),
+        ("autoscaling/v2", "HorizontalPodAutoscaler", owner.name, render_hpa(owner, spec) if standalone else None),
+        # One Ingress, from either field (admission refuses both): expose.ingress or router.ingress.
+        ("networking.k8s.io/v1", "Ingress", owner.name, _ingress(owner, spec) if standalone else None),
         ("networking.k8s.io/v1", "NetworkPolicy", owner.name, render_network_policy(owner, spec)),
+        (KSERVE_API, "InferenceService", owner.name, _inference_service(owner, spec, placement, cache, claims)),
+        *render_epp(owner, spec),
+        (GATEWAY_API, "HTTPRoute", owner.name, render_http_route(owner, spec)),
+        (GATEWAY_API, "GRPCRoute", owner.name, render_grpc_route(owner, spec)),
     ]
-    children = [Child(api, kind, name, body) for api, kind, name, body in rendered]
+    children = [
+        Child(api, kind, name, body, requires=requires(spec, api, kind), unserved=unserved(spec, api, kind))
+        for api, kind, name, body in rendered
+    ]
     children.append(
         Child(
             "monitoring.coreos.com/v1",

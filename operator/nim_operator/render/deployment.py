@@ -9,6 +9,7 @@ from nim_operator import constants as c
 from nim_operator.api.spec import NIMServiceSpec, ProbeSpec
 from nim_operator.placement import Placement
 from nim_operator.render.meta import Owner, child_labels, child_metadata, selector_labels
+from nim_operator.render.pod_extras import container_ports, nim_env, restricted_security_context, with_extras
 
 if TYPE_CHECKING:  # at run time cache_mount imports status, which imports the renderers
     from nim_operator.cache_mount import CacheMount
@@ -83,6 +84,7 @@ def _env(spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = 
             {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.auth_secret, "key": key, "optional": True}}}
             for key in c.SECRET_KEYS
         ]
+    ours += nim_env(spec)
     user_names = {e.get("name") for e in spec.env}
     return [e for e in ours if e["name"] not in user_names] + [copy.deepcopy(e) for e in spec.env]
 
@@ -146,26 +148,40 @@ def requests_gpus(resources: dict[str, Any]) -> bool:
 
 
 def _affinity(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any] | None:
-    """The user's affinity AND 'the node has one of the chosen GPU products'."""
+    """The user's affinity AND ('a pool that can add a fitting node' OR 'the node has a chosen product').
+
+    GFD's product label exists only on nodes that booted; an autoscaler cannot promise it, so a pod that
+    asked only for it would never make a pool add a node. Each pool shape that can run the profile gets a
+    term in the provisioner's own labels (its NodePool, instance types, GPU labels). Those come first:
+    Karpenter reads the first term and relaxes to the next; the scheduler takes any.
+    """
     affinity = copy.deepcopy(spec.affinity) if spec.affinity else {}
-    if not placement.gpu_products:
+    alternatives = [
+        [{"key": key, "operator": op, "values": list(values)} for key, op, values in term]
+        for term in placement.pool_terms
+    ]
+    if placement.gpu_products:
+        alternatives.append([{"key": c.GPU_PRODUCT_LABEL, "operator": "In", "values": list(placement.gpu_products)}])
+    if not alternatives:
         return affinity or None
-    expression = {"key": c.GPU_PRODUCT_LABEL, "operator": "In", "values": list(placement.gpu_products)}
     node_affinity = affinity.setdefault("nodeAffinity", {})
     required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = required.setdefault("nodeSelectorTerms", [])
-    if not terms:
-        terms.append({})
-    # Terms are ORed, expressions within a term ANDed: add ours to every term.
-    for term in terms:
-        term.setdefault("matchExpressions", []).append(expression)
+    # Terms are ORed, expressions within a term ANDed: each of the user's terms AND each of ours.
+    user_terms = required.get("nodeSelectorTerms") or [{}]
+    terms = []
+    for alternative in alternatives:
+        for term in user_terms:
+            combined = copy.deepcopy(term)
+            combined.setdefault("matchExpressions", []).extend(copy.deepcopy(alternative))
+            terms.append(combined)
+    required["nodeSelectorTerms"] = terms
     return affinity
 
 
 def _tolerations(spec: NIMServiceSpec, gpu_pod: bool) -> list[dict[str, Any]]:
     tolerations = copy.deepcopy(spec.tolerations)
     if gpu_pod and not any(t.get("key") == c.GPU_TAINT_KEY for t in tolerations):
-        tolerations.append({"key": c.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append(dict(c.GPU_TOLERATION))
     return tolerations
 
 
@@ -198,22 +214,19 @@ def _container(
     spec: NIMServiceSpec, placement: Placement, mounts: list[dict[str, Any]], cache: CacheMount | None = None
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "nim",
+        "name": c.NIM_CONTAINER,
         "image": f"{spec.image.repository}:{spec.image.tag}",
         "env": _env(spec, placement, cache),
-        "ports": [{"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": c.API_PORT_NAME, "containerPort": spec.expose.service.port, "protocol": "TCP"},
+            *container_ports(spec),
+        ],
         "resources": _resources(spec, placement),
         "volumeMounts": mounts,
         # A runtime that exits at start (an unknown NIM_MODEL_PROFILE, a model that fails to load) writes
         # no termination message file; its last log lines become the message, which status then shows.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(),
     }
     if spec.image.pull_policy:
         container["imagePullPolicy"] = spec.image.pull_policy
@@ -270,13 +283,24 @@ def render_deployment(
         "imagePullSecrets": [{"name": s} for s in spec.image.pull_secrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    pod_spec = with_extras(pod_spec, spec)
+    annotations = dict(spec.annotations)
+    # Karpenter never voluntarily disrupts (consolidates, drifts) a node under a GPU pod: a replica moved
+    # loads its model again for minutes. Lifting it once the pod is Ready would take a pod write per start,
+    # and the operator never writes pods; empty GPU nodes are still consolidated. A user's own value in
+    # spec.annotations ("false" lets Karpenter repack serving pods) stays as it is.
+    if requests_gpus(container["resources"]):
+        annotations.setdefault(c.DO_NOT_DISRUPT_ANNOTATION, "true")
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner)},
         "strategy": rollout_strategy(spec, surge_blocked=surge_blocked),
+        # Time for a node to boot, the image to pull and the model to load before the rollout is called
+        # stuck; the startup probe covers only the load (it starts with the container).
+        "progressDeadlineSeconds": c.PROGRESS_DEADLINE_SECONDS,
         "template": {
             "metadata": {
                 "labels": child_labels(owner, spec.labels),
-                **({"annotations": dict(spec.annotations)} if spec.annotations else {}),
+                **({"annotations": annotations} if annotations else {}),
             },
             "spec": pod_spec,
         },

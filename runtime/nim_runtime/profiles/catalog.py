@@ -1,4 +1,9 @@
-"""The manifests shipped with the runtime, one YAML file per model under ``catalog/``."""
+"""The manifests shipped with the runtime, one YAML file per model under ``catalog/``.
+
+Their profile ids are ours: only an image that runs our runtime accepts them in NIM_MODEL_PROFILE. No
+catalog entry claims another vendor's image (NVIDIA's NIM images accept only the ids of their own
+manifest, which the operator reads from the image itself).
+"""
 
 from __future__ import annotations
 
@@ -38,18 +43,8 @@ def find_manifest(name: str) -> ModelManifest | None:
     return None
 
 
-def find_manifest_for_image(repository: str) -> ModelManifest | None:
-    """The manifest of a model-specific image (NVIDIA publishes one image per model), or None.
+def catalog_listing(default_model: str, runtime: str) -> str:
+    """The catalog as ``nim-runtime manifest`` prints it for the operator's discovery Job."""
+    from nim_runtime.profiles.listing import render_listing
 
-    Matches on the last path segments so registry mirrors still resolve:
-    ``mirror.local/nim/meta/llama-3.1-8b-instruct`` finds ``nvcr.io/nim/meta/llama-3.1-8b-instruct``.
-    """
-
-    def tail(repo: str) -> str:
-        return "/".join(repo.casefold().split("/")[-2:])
-
-    wanted = tail(repository)
-    for manifest in load_catalog().values():
-        if any(tail(image) == wanted for image in manifest.images):
-            return manifest
-    return None
+    return render_listing(list(load_catalog().values()), runtime=runtime, default_model=default_model)

@@ -1,17 +1,29 @@
-"""Choosing a profile: manifest + node GPU facts -> a decision that explains itself.
+"""Choosing a profile: manifest + GPU facts of the nodes now + what autoscalers may add -> a decision
+that explains itself.
 
 Pure functions, no I/O (except :func:`local_gpu_facts`, which the runtime alone calls). The operator
-feeds them the nodes of the cluster; the runtime feeds them the GPUs of its own machine.
+feeds them the nodes of the cluster and the node shapes of its autoscalers' pools; the runtime feeds them
+the GPUs of its own machine. Whether one shape fits one profile is :mod:`nim_runtime.profiles.fit`.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
-from nim_runtime.profiles.manifest import PRECISION_BITS, ModelManifest, Profile
+from nim_runtime.profiles import hardware as hw
+from nim_runtime.profiles.fit import NodeGpuFacts, ScaleUpOption, needs_of, node_misfit, option_misfit
+from nim_runtime.profiles.manifest import PRECISION_BITS, ModelManifest, Profile, ProfileSet
+
+gpu_matches = hw.gpu_matches
+
+#: Where a feasible profile can run, best first: on free GPUs now, on a node an autoscaler adds, on GPUs
+#: other pods hold now (it waits for them), or only on a product the selector names that nothing offers.
+Availability = Literal["now", "scale-up", "busy", "waiting"]
+_TIER: dict[str, int] = {"now": 0, "scale-up": 1, "busy": 2, "waiting": 3}
 
 
 class ProfileError(ValueError):
@@ -20,17 +32,6 @@ class ProfileError(ValueError):
     def __init__(self, message: str, rejected: Sequence[Rejection] = ()) -> None:
         super().__init__(message)
         self.rejected = tuple(rejected)
-
-
-@dataclass(frozen=True)
-class NodeGpuFacts:
-    """What GPU Feature Discovery says about one node (labels) plus its allocatable GPUs."""
-
-    name: str
-    product: str | None = None
-    gpus: int = 0
-    memory_mib: int | None = None
-    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,20 @@ class Rejection:
 
 @dataclass(frozen=True)
 class ProfileDecision:
-    """The chosen profile, where it can run, and why every other profile was not chosen."""
+    """The chosen profile, where it can run (now, or after a scale-up), and why every other was not.
+
+    ``gpu_products`` are GFD products for the pods' affinity: those of nodes that can run it and those the
+    chosen pools add, so a node a pool adds changes nothing rendered. ``pools`` are the autoscaler shapes
+    that can run it (rendered as affinity terms the provisioner understands, so scale-outs get nodes).
+    """
 
     profile: Profile
     gpu_products: tuple[str, ...]
     nodes: tuple[str, ...]
     reason: str
     rejected: tuple[Rejection, ...] = field(default=())
-
-
-def gpu_matches(family: str, product: str) -> bool:
-    """Whether a GFD product label (``NVIDIA-H100-80GB-HBM3``) is of a family tag (``H100``).
-
-    Token match, not substring, so ``A10`` never matches ``NVIDIA-A100-SXM4-80GB``.
-    """
-    tokens = product.upper().replace("_", "-").replace(" ", "-").split("-")
-    return family.upper() in tokens or family.upper() == product.upper()
+    availability: Availability = "now"
+    pools: tuple[ScaleUpOption, ...] = ()
 
 
 def _selector_violation(profile: Profile, selector: ProfileSelector) -> str | None:
@@ -85,157 +84,299 @@ def _selector_violation(profile: Profile, selector: ProfileSelector) -> str | No
     if selector.gpu_products:
         if profile.device == "cpu":
             return "profileSelector.gpus asks for GPUs, profile runs on the CPU"
-        if profile.gpu is not None and not any(gpu_matches(profile.gpu, p) for p in selector.gpu_products):
+        if profile.gpu is not None and not any(
+            gpu_matches(profile.gpu, p) or any(gpu_matches(profile.gpu, q) for q in hw.products_of_family(p))
+            for p in selector.gpu_products
+        ):
             return f"profileSelector.gpus is {', '.join(selector.gpu_products)}, profile is tuned for {profile.gpu}"
     return None
 
 
-def _node_misfit(profile: Profile, node: NodeGpuFacts, selector: ProfileSelector) -> str | None:
-    """Why this node cannot run one replica of the profile, or None when it can."""
-    if profile.device == "cpu":
-        return "has GPUs (CPU profiles stay off GPU nodes)" if node.gpus else None
-    if node.gpus == 0 or node.product is None:
-        return "has no GPUs"
-    if selector.gpu_products and not any(
-        s.casefold() == node.product.casefold() or gpu_matches(s, node.product) for s in selector.gpu_products
-    ):
-        return f"is {node.product}, not in profileSelector.gpus"
-    if profile.gpu is not None and not gpu_matches(profile.gpu, node.product):
-        return f"is {node.product}, not {profile.gpu}"
-    if node.gpus < profile.gpus:
-        return f"has {node.gpus} GPU(s), needs {profile.gpus}"
-    if profile.min_gpu_memory_mib is not None:
-        if node.memory_mib is None:
-            return "has no nvidia.com/gpu.memory label"
-        if node.memory_mib < profile.min_gpu_memory_mib:
-            return f"has {node.memory_mib} MiB per GPU, needs {profile.min_gpu_memory_mib}"
-    return None
+def selector_products(selector: ProfileSelector) -> tuple[str, ...]:
+    """The GFD products ``profileSelector.gpus`` names: a family (``H100``) becomes the products of that
+    family the hardware table knows; a name it does not know is kept as written (a product label)."""
+    products: list[str] = []
+    for wanted in selector.gpu_products:
+        products += hw.products_of_family(wanted) or [wanted]
+    return tuple(sorted(set(products)))
 
 
-def _why_no_node(misfits: dict[str, str], nodes: Sequence[NodeGpuFacts]) -> str:
-    """One part per distinct reason, naming the GPU products (not the nodes) it applies to.
+def _why_nowhere(misfits: dict[str, str], nodes: Sequence[NodeGpuFacts], pool_misfits: dict[str, str]) -> str:
+    """One part per distinct reason, naming the GPU products and pools (not nodes) it applies to.
 
     The text lands in every NIMService's status: with node names or counts in it, each node joining or
-    leaving the cluster would rewrite the status of every service; products change far less often.
+    leaving the cluster would rewrite the status of every service; products and pools change far less.
     """
-    if not misfits:
-        return "the cluster has no nodes"
     product = {n.name: n.product or "nodes without GPUs" for n in nodes}
     by_reason: dict[str, set[str]] = {}
     for node, why in misfits.items():
         by_reason.setdefault(why, set()).add(product.get(node, "nodes without GPUs"))
     parts = [f"{', '.join(sorted(products))} {why}" for why, products in sorted(by_reason.items())]
-    return "no node can run it: " + "; ".join(parts)
+    text = "no node can run it: " + "; ".join(parts) if parts else "the cluster has no nodes"
+    if pool_misfits:
+        text += "; nor can a scale-up: " + "; ".join(f"{p} {why}" for p, why in sorted(pool_misfits.items()))
+    return text
 
 
-def _rank(profile: Profile) -> tuple[bool, bool, bool, bool, int, int, str]:
-    """Sort key: GPU before CPU, hardware-specific before generic, throughput before latency,
-    without LoRA before with, fewer bits, then fewer GPUs per replica (more for latency), then id."""
+def _rank(profile: Profile, availability: Availability) -> tuple[bool, int, bool, bool, int, int, int, str]:
+    """Sort key: GPU before CPU, hardware-specific before generic (a device id or a longer product name
+    before a shorter one), throughput before latency, without LoRA before with, fewer bits, then runnable
+    now before after a scale-up (before waiting for busy GPUs), then fewer GPUs per replica (more for
+    latency), then id."""
     gpus = -profile.gpus if profile.mode == "latency" else profile.gpus
     return (
         profile.device == "cpu",
-        profile.gpu is None,
+        -hw.gpu_specificity(profile.gpu, profile.gpu_device),
         profile.mode != "throughput",
         profile.lora,
         PRECISION_BITS[profile.precision],
+        _TIER[availability],
         gpus,
         profile.id,
     )
 
 
-def _products(nodes: Iterable[NodeGpuFacts]) -> tuple[str, ...]:
-    return tuple(sorted({n.product for n in nodes if n.product}))
+def _ranked(entry: tuple[Profile, Availability, _Where]) -> tuple[object, ...]:
+    """:func:`_rank`, with ties before the id broken by what the profiles stand for: between equal
+    profiles tuned for different GPUs (an fp8 engine for H100 and one for L40S) the larger GPU keeps more
+    KV cache; then an engine that starts at once before one TensorRT-LLM builds at start; then vLLM (NIM's
+    default) before SGLang. The id alone would decide by the spelling of a name, or by a NIM hash."""
+    profile, availability, where = entry
+    *rank, id_ = _rank(profile, availability)
+    memory = max([n.memory_mib or 0 for n in where.now + where.busy] + [p.memory_mib or 0 for p in where.pools] + [0])
+    return (*rank, -memory, profile.buildable, profile.engine == "sglang", id_)
+
+
+def _label(manifest: ProfileSet, id_: str) -> str:
+    """A profile as messages name it: NIM's hash ids with their readable name."""
+    profile = manifest.profile(id_)
+    return profile.label if profile is not None else id_
+
+
+def _products(nodes: Iterable[NodeGpuFacts], pools: Iterable[ScaleUpOption] = ()) -> tuple[str, ...]:
+    return tuple(sorted({n.product for n in nodes if n.product} | {p.product for p in pools}))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where one profile can run: nodes with room now, nodes whose GPUs are taken, pools that can add one
+    now (``pools``) and pools whose nodes could run it at all (``steer``: rendered, so a pool at its limit
+    today serves a scale-out once it has room, and a limit reached never rewrites the pods)."""
+
+    now: tuple[NodeGpuFacts, ...]
+    busy: tuple[NodeGpuFacts, ...]
+    pools: tuple[ScaleUpOption, ...]
+    steer: tuple[ScaleUpOption, ...]
+    why_not: str
+    #: Whether a pool the operator can read offers a product profileSelector.gpus names (fitting or not):
+    #: then no unseen autoscaler is waited for, and a blocked pool's reason is the answer.
+    offered: bool = False
+
+
+def _where(
+    manifest: ProfileSet,
+    profile: Profile,
+    nodes: Sequence[NodeGpuFacts],
+    capacity: Sequence[ScaleUpOption],
+    selector: ProfileSelector,
+    context_cap: int | None,
+) -> _Where:
+    needs = needs_of(manifest, profile, context_cap)
+    wanted = selector.gpu_products
+    misfits = {n.name: why for n in nodes if (why := node_misfit(manifest, profile, needs, n, wanted)) is not None}
+    able = [n for n in nodes if n.name not in misfits]
+    now = tuple(n for n in able if profile.device == "cpu" or n.free >= profile.gpus)
+    busy = tuple(n for n in able if n not in now)
+    pool_misfits: dict[str, str] = {}
+    pools: list[ScaleUpOption] = []
+    steer: list[ScaleUpOption] = []
+    for option in capacity:
+        shape_fits = option_misfit(manifest, profile, needs, replace(option, blocked=None), wanted) is None
+        if shape_fits and not option.excluded:
+            steer.append(option)
+        why = option_misfit(manifest, profile, needs, option, wanted)
+        if why is None:
+            pools.append(option)
+        elif profile.device == "gpu":
+            shape = f" ({option.shape})" if option.shape else ""
+            pool_misfits.setdefault(f"{option.label}{shape}", why)
+    offered = any(gpu_matches(w, o.product) for o in capacity for w in wanted)
+    return _Where(now, busy, tuple(pools), tuple(steer), _why_nowhere(misfits, nodes, pool_misfits), offered)
+
+
+def _availability(where: _Where, profile: Profile, selector: ProfileSelector) -> Availability | None:
+    if where.now:
+        return "now"
+    if where.pools:
+        return "scale-up"
+    if where.busy:
+        return "busy"
+    if selector.gpu_products and profile.device == "gpu" and not where.offered:
+        return "waiting"
+    return None
+
+
+def pool_order(pools: Iterable[ScaleUpOption]) -> list[str]:
+    """Pool labels, smallest node first (the order the pods' affinity asks a provisioner in)."""
+    ordered = sorted(pools, key=lambda o: (o.gpus, o.memory_mib or 0, o.label))
+    return list(dict.fromkeys(o.label for o in ordered))
+
+
+def _pools_text(pools: Sequence[ScaleUpOption]) -> str:
+    return " or ".join(pool_order(pools))
+
+
+def _reason(chosen: Profile, availability: Availability, where: _Where, products: tuple[str, ...], count: int) -> str:
+    listed = ", ".join(products) if products else "nodes without GPUs"
+    if availability == "now":
+        return (
+            f"{chosen.id}: runnable now on {', '.join(_products(where.now)) or 'nodes without GPUs'}; best of "
+            f"{count} feasible (hardware-specific, then lower precision, then runnable now before after a "
+            "scale-up, then fewer GPUs per replica)"
+        )
+    if availability == "scale-up":
+        return (
+            f"{chosen.id}: after scale-up via {_pools_text(where.pools)} ({', '.join(_products([], where.pools))}); "
+            f"nothing runnable now ranks higher (best of {count} feasible)"
+        )
+    if availability == "busy":
+        return (
+            f"{chosen.id}: runnable on {listed} once their GPUs free up (other pods hold them) and no pool can "
+            f"add a node; best of {count} feasible"
+        )
+    return (
+        f"{chosen.id}: no node or pool can run it yet; pinned to {listed} by profileSelector.gpus, "
+        "so pods wait for the cluster autoscaler"
+    )
 
 
 def select_profile(
-    manifest: ModelManifest,
+    manifest: ProfileSet,
     nodes: Sequence[NodeGpuFacts],
     *,
     selector: ProfileSelector | None = None,
     pinned: str | None = None,
     previous: str | None = None,
+    capacity: Sequence[ScaleUpOption] = (),
+    context_cap: int | None = None,
+    previous_pools: Collection[str] | None = None,
     pinned_by: str = "spec.profile",
 ) -> ProfileDecision:
     """Choose the profile to run, deterministically, with a reason for every profile.
 
-    ``pinned`` (``spec.profile``, or the field ``pinned_by`` names) wins over everything, even when no node
-    can run it yet: the pods then wait, Pending, for the cluster autoscaler. ``previous`` is kept while it
-    is still feasible, so a node joining the cluster does not flip a running service to another profile. A
-    selector that pins GPU products keeps profiles no node can run yet, for the same autoscaler reason.
-    Raises :class:`ProfileError` when nothing fits, listing what each profile lacked.
+    ``capacity`` lists the node shapes autoscalers may add: a profile that only a scale-up can run is
+    chosen when nothing runnable now ranks higher. ``pinned`` (``spec.profile``, or the field ``pinned_by``
+    names) wins over everything, even when nothing can run it yet. ``previous`` is kept while it is still
+    feasible, so a node joining or GPUs freeing up does not flip a running service to another profile. A
+    selector that pins GPU products keeps profiles nothing offers yet, for a cluster autoscaler this
+    operator cannot read.
+    ``context_cap`` (the user's NIM_MAX_MODEL_LEN) sizes the KV cache. ``previous_pools`` (labels) limits
+    the pools of a kept decision to those it had, so a NodePool added later does not rewrite the pods of
+    a running service. Raises :class:`ProfileError` when nothing fits now or after a scale-up, listing
+    what each profile lacked.
     """
     selector = selector or ProfileSelector()
     if pinned is not None:
-        return _pinned_decision(manifest, nodes, pinned, selector, pinned_by)
+        kept_pools = previous_pools if pinned == previous else None
+        return _pinned_decision(manifest, nodes, pinned, selector, capacity, context_cap, kept_pools, pinned_by)
 
     rejected: list[Rejection] = []
-    feasible: list[tuple[Profile, tuple[NodeGpuFacts, ...]]] = []
+    feasible: list[tuple[Profile, Availability, _Where]] = []
     for profile in manifest.profiles:
         violation = _selector_violation(profile, selector)
         if violation is not None:
             rejected.append(Rejection(profile.id, violation))
             continue
-        misfits = {n.name: why for n in nodes if (why := _node_misfit(profile, n, selector)) is not None}
-        able = tuple(n for n in nodes if n.name not in misfits)
-        if able or (selector.gpu_products and profile.device == "gpu"):
-            feasible.append((profile, able))
+        where = _where(manifest, profile, nodes, capacity, selector, context_cap)
+        availability = _availability(where, profile, selector)
+        if availability is None:
+            rejected.append(Rejection(profile.id, where.why_not))
         else:
-            rejected.append(Rejection(profile.id, _why_no_node(misfits, nodes)))
+            feasible.append((profile, availability, where))
 
     if not feasible:
-        lines = "; ".join(f"{r.id}: {r.why}" for r in rejected)
-        raise ProfileError(f"no profile of {manifest.name} fits this cluster ({lines})", rejected)
+        lines = "; ".join(f"{_label(manifest, r.id)}: {r.why}" for r in rejected)
+        raise ProfileError(
+            f"no profile of {manifest.name} fits this cluster, now or after a scale-up ({lines})", rejected
+        )
 
-    feasible.sort(key=lambda pair: _rank(pair[0]))
-    kept = next(((p, a) for p, a in feasible if p.id == previous and a), None)
-    chosen, able = kept or feasible[0]
-    for profile, _ in feasible:
+    feasible.sort(key=_ranked)
+    kept = next((e for e in feasible if e[0].id == previous), None)
+    chosen, availability, where = kept or feasible[0]
+    if kept is not None:
+        where = _keep_pools(where, previous_pools)
+    for profile, _, _ in feasible:
         if profile.id != chosen.id:
             rejected.append(Rejection(profile.id, f"feasible, ranked below {chosen.id}"))
 
-    products = _products(able) or (selector.gpu_products if chosen.device == "gpu" else ())
-    where = ", ".join(products) if products else "nodes without GPUs"
+    able = where.now + where.busy
+    products = _products(able, where.steer)
+    if availability == "waiting":
+        products = selector_products(selector)
     best = feasible[0][0]
     if kept is not None and chosen.id != best.id:
         reason = (
-            f"{chosen.id}: kept the earlier decision while it stays runnable ({where}), "
-            f"so the service does not move; {best.id} would rank first for a new one"
-        )
-    elif not able:
-        reason = (
-            f"{chosen.id}: no node can run it yet; pinned to {', '.join(products)} by profileSelector.gpus, "
-            "so pods wait for the cluster autoscaler"
+            f"{chosen.id}: kept the earlier decision while it stays runnable "
+            f"({', '.join(products) or 'nodes without GPUs'}), so the service does not move; {best.id} would "
+            "rank first for a new one"
         )
     else:
-        reason = (
-            f"{chosen.id}: runnable on {where}; best of {len(feasible)} feasible "
-            "(hardware-specific, then lower precision, then fewer GPUs per replica)"
-        )
+        reason = _reason(chosen, availability, where, products, len(feasible))
     return ProfileDecision(
         profile=chosen,
         gpu_products=products,
         nodes=tuple(sorted(n.name for n in able)),
         reason=reason,
         rejected=tuple(sorted(rejected, key=lambda r: r.id)),
+        availability=availability,
+        pools=where.steer,
     )
 
 
+def _keep_pools(where: _Where, labels: Collection[str] | None) -> _Where:
+    """Steer only to the pools named (a kept decision's own), so pools added later rewrite no pods."""
+    if labels is None:
+        return where
+    return replace(where, steer=tuple(p for p in where.steer if p.label in labels))
+
+
 def _pinned_decision(
-    manifest: ModelManifest, nodes: Sequence[NodeGpuFacts], pinned: str, selector: ProfileSelector, pinned_by: str
+    manifest: ProfileSet,
+    nodes: Sequence[NodeGpuFacts],
+    pinned: str,
+    selector: ProfileSelector,
+    capacity: Sequence[ScaleUpOption],
+    context_cap: int | None,
+    kept_pools: Collection[str] | None,
+    pinned_by: str,
 ) -> ProfileDecision:
     profile = manifest.profile(pinned)
     if profile is None:
         raise ProfileError(
             f"profile {pinned!r} is not in the manifest of {manifest.name}; "
-            f"valid profiles: {', '.join(manifest.profile_ids)}"
+            f"valid profiles: {', '.join(manifest.profile_labels)}"
         )
-    misfits = {n.name: why for n in nodes if (why := _node_misfit(profile, n, selector)) is not None}
-    able = tuple(n for n in nodes if n.name not in misfits)
+    where = _where(manifest, profile, nodes, capacity, selector, context_cap)
+    availability = _availability(where, profile, selector) or "waiting"
+    where = _keep_pools(where, kept_pools)
     reason = f"{profile.id}: pinned by {pinned_by}"
-    if not able:
-        reason += f"; {_why_no_node(misfits, nodes)}, so pods stay Pending until such a node joins"
+    if availability == "scale-up":
+        reason += f"; after scale-up via {_pools_text(where.pools)}"
+    elif availability == "busy":
+        reason += "; its nodes' GPUs are held by other pods, so pods stay Pending until some free up"
+    elif availability == "waiting":
+        reason += f"; {where.why_not}, so pods stay Pending until such a node joins"
+    able = where.now + where.busy
     rejected = tuple(Rejection(p.id, f"{pinned_by} pins {profile.id}") for p in manifest.profiles if p != profile)
-    return ProfileDecision(profile, _products(able), tuple(sorted(n.name for n in able)), reason, rejected)
+    return ProfileDecision(
+        profile,
+        _products(able, where.steer),
+        tuple(sorted(n.name for n in able)),
+        reason,
+        rejected,
+        availability,
+        where.steer,
+    )
 
 
 def local_gpu_facts(name: str = "local") -> NodeGpuFacts:

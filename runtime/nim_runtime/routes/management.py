@@ -3,7 +3,8 @@
 None of them wait on the engine, so they stay fast while it is saturated: a probe that times out under
 load would kill a healthy pod. The health probes do read the engine client's liveness flag (set by
 vLLM's monitor thread the moment the engine core process exits), so a pod whose engine died is neither
-ready nor live.
+ready nor live. Probes are normally answered before they reach these routes, by the probe door's thread
+(:mod:`nim_runtime.probe_door`); the routes give the same answers.
 """
 
 from __future__ import annotations
@@ -14,28 +15,24 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from nim_runtime.context import runtime
-from nim_runtime.lifecycle import READY_MESSAGES, Phase
+from nim_runtime.health import LIVE_PATH, READY_PATH, health_answer
+from nim_runtime.lifecycle import Phase
 from nim_runtime.version import API_VERSION, runtime_version, vllm_version
 
 router = APIRouter()
 
 
-@router.get("/v1/health/live")
+@router.get(LIVE_PATH)
 async def live(request: Request) -> JSONResponse:
-    """200 while the HTTP server answers (also while the model loads and while draining), 503 once the
-    engine has died: the process is about to exit non-zero, and the kubelet should restart it anyway."""
-    lifecycle = runtime(request).lifecycle
-    if not lifecycle.engine_alive():
-        body = {"object": "health.response", "message": READY_MESSAGES[Phase.ENGINE_DEAD]}
-        return JSONResponse(body, status_code=503)
-    return JSONResponse({"object": "health.response", "message": "Service is live."})
+    """Reached only when the probe door is not in front (TLS) or has handed this connection to the event
+    loop; the door gives the same answer (see :mod:`nim_runtime.health`)."""
+    status, body = health_answer(LIVE_PATH, runtime(request).lifecycle)
+    return JSONResponse(body, status_code=status)
 
 
-@router.get("/v1/health/ready")
+@router.get(READY_PATH)
 async def ready(request: Request) -> JSONResponse:
-    lifecycle = runtime(request).lifecycle
-    status = 200 if lifecycle.engine_alive() and lifecycle.phase is Phase.READY else 503
-    body = {"object": "health.response", "message": READY_MESSAGES[lifecycle.phase]}
+    status, body = health_answer(READY_PATH, runtime(request).lifecycle)
     return JSONResponse(body, status_code=status)
 
 
