@@ -647,9 +647,11 @@ class Reconciler:
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
         status = profile_status(decision, manifest=manifest)
         status.inputs = inputs
-        if sticky and before is not None and _same_placement(before, status):
-            # Kept where it was: how many GPUs are free at this moment (other services' pods come and go)
-            # is not news for this one, so its text stays as written.
+        unchanged_spec = previous is not None and previous.observed_generation == generation
+        if sticky and unchanged_spec and before is not None and _same_placement(before, status):
+            # Kept where it was and nothing asked again: how many GPUs are free at this moment (other
+            # services' pods come and go) is not news for this one, so its text stays as written until the
+            # next spec change.
             status.reason, status.placement, status.moved = before.reason, before.placement, before.moved
             return decision, status
         if before is not None and before.id and before.id != decision.profile.id:

@@ -26,7 +26,8 @@ from tests.operator.conftest import NIM, wait_for
 pytestmark = pytest.mark.cluster
 
 AUTOSCALED = {"key": "nim-operator.dev/autoscaled", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-LLAMA_70B = {"image": {"repository": "nvcr.io/nim/meta/llama-3.1-70b-instruct", "tag": "1.3.3"}}
+# Our runtime with our catalog's model: the profile ids below are ours (an NVIDIA image takes only its own).
+LLAMA_70B = {"image": {"repository": "nim-runtime", "tag": "dev"}, "model": {"name": "meta/llama-3.1-70b-instruct"}}
 A100 = "NVIDIA-A100-SXM4-80GB"
 #: Karpenter batches pods (1 s idle), kwok registers the node (5 s, the KWOKNodeClass), GFD labels it
 #: (2 s), and consolidation waits 10 s on an empty node: minutes would mean something is wrong.

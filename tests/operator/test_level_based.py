@@ -6,12 +6,13 @@ kwok runs the pods; the API server, its admission (quota, validation) and the co
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 
 from tests.conftest import go_module_file
 from tests.operator.conftest import NIM, OperatorProcess, wait_for
@@ -202,23 +203,53 @@ def test_a_surge_pod_without_room_turns_the_rollout_in_place(nim: NIM) -> None:
     }
     nim.create("tight", spec)
     nim.wait_state("tight", "Ready")
-    deployment = nim.deployment("tight")
-    assert deployment is not None
+    # The rollout below must start from a pod the Deployment controller counts available: an old pod it
+    # has not yet seen Ready is scaled down at once, with no surge to block.
+    deployment = wait_for(
+        lambda: (
+            (d := nim.deployment("tight")) is not None
+            and d.status.observed_generation == d.metadata.generation
+            and (d.status.available_replicas or 0) == 1
+            and d
+        ),
+        what="the first pod to be available",
+    )
     assert deployment.spec.strategy.rolling_update.max_surge == 1
-    nim.patch("tight", {"spec": {"env": [{"name": "ROLL", "value": "1"}]}})
-
+    # Every version of the Deployment, from a watch: on kwok the in-place rollout and the return to the
+    # default strategy both take under a second, which polling misses.
     strategies: set[int] = set()
+    start = deployment.metadata.resource_version
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.is_set():
+            stream = watch.Watch().stream(
+                nim.apps.list_namespaced_deployment,
+                nim.namespace,
+                field_selector="metadata.name=tight",
+                resource_version=start,
+                timeout_seconds=2,
+            )
+            for event in stream:
+                strategies.add(event["object"].spec.strategy.rolling_update.max_surge)
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    nim.patch("tight", {"spec": {"env": [{"name": "ROLL", "value": "1"}]}})
 
     def rolled() -> bool:
         d = nim.deployment("tight")
         if d is None:
             return False
-        strategies.add(d.spec.strategy.rolling_update.max_surge)
         envs = {e.name for e in d.spec.template.spec.containers[0].env or []}
         done = d.status.observed_generation == d.metadata.generation and (d.status.updated_replicas or 0) >= 1
         return "ROLL" in envs and done and (d.status.available_replicas or 0) >= 1 and (d.status.replicas or 0) == 1
 
-    wait_for(rolled, timeout=90, what="the rollout to finish")
+    try:
+        wait_for(rolled, timeout=90, what="the rollout to finish")
+    finally:
+        stop.set()
+        recorder.join(timeout=10)
     assert 0 in strategies, f"the surge pod had no GPU, the rollout should have gone in place: {strategies}"
     nim.wait_state("tight", "Ready")
     # Once the rollout is done there is nothing blocked: the next rollout tries a surge pod again.

@@ -6,6 +6,7 @@ Deployment controller counted them available, exactly as on a real cluster.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -207,6 +208,11 @@ def test_scale_subresource_drives_replicas(nim: NIM) -> None:
 def test_examples_reconcile_to_ready(nim: NIM, example: str) -> None:
     """The demo's manifests, as users copy them: accepted, placed, Ready."""
     body = yaml.safe_load((REPO / "examples" / example).read_text())
+    if os.environ.get("NIM_REAL_NODES") == "0" and any(
+        t.get("key") == "nimoperator.dev/real-node" for t in body["spec"].get("tolerations", [])
+    ):
+        # A light cluster (a developer's choice, never CI's) has no real node for this example to run on.
+        pytest.skip("needs the real nodes, which NIM_REAL_NODES=0 leaves out")
     nim.create(body["metadata"]["name"], body["spec"])
     status = nim.wait_state(body["metadata"]["name"], "Ready", timeout=90)
     if runs_our_runtime(body["spec"]["image"]["repository"]):
