@@ -1,8 +1,9 @@
 """One level-based reconcile of one NIMCache: its claim, its download Job, its status.
 
-Called for every change of the NIMCache, its Job and the Job's pods. The claim is created once and never
-deleted here (the retention policy decides, through an owner reference, what a deletion of the NIMCache
-does); a claim of the same name that this NIMCache did not create is refused, not adopted.
+Called for every change of the NIMCache, its Job and the Job's pods, and when a running download's progress
+moved (``cache_progress``). The claim is created once and never deleted here (the retention policy decides,
+through an owner reference, what a deletion of the NIMCache does); a claim of the same name that this
+NIMCache did not create is refused, not adopted, and one it created under an earlier name is reported.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pydantic import ValidationError
 from nim_operator import constants as c
 from nim_operator.api.nimcache import NIMCacheSpec, NIMCacheStatus
 from nim_operator.cache_profiles import NgcProfiles, ngc_profiles
-from nim_operator.cache_status import compute_cache_status
+from nim_operator.cache_progress import Downloading, Key, ProgressPoller
+from nim_operator.cache_status import cached_profiles, compute_cache_status
 from nim_operator.discovery import ManifestDiscovery
 from nim_operator.kube import ChildRejected, Kube
+from nim_operator.left_behind import LeftBehindFinder, cache_claim_selector
 from nim_operator.manifest_probe import probe_request, split_image
-from nim_operator.render.cache import Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
+from nim_operator.render.cache import CONTAINER, Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
 from nim_operator.status import Failure
 from nim_runtime.profiles import NodeGpuFacts, ScaleUpOption
 
@@ -66,6 +69,7 @@ class CacheReconciler:
         *,
         runtime_image: str = c.DEFAULT_RUNTIME_IMAGE,
         runtime_pull_secrets: tuple[str, ...] = (),
+        progress_interval: float = c.DEFAULT_PROGRESS_INTERVAL_S,
         discovery: ManifestDiscovery | None = None,
         nodes: Callable[[], list[NodeGpuFacts]] = list,
         pools: Callable[[], list[ScaleUpOption]] = list,
@@ -84,6 +88,27 @@ class CacheReconciler:
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._written: dict[str, NIMCacheStatus] = {}
+        self.progress = ProgressPoller(kube, self.downloading, lambda key: None, interval=progress_interval)
+        self.left_behind = LeftBehindFinder(kube)
+
+    def start_progress(self, trigger: Callable[[Key], None]) -> None:
+        """Read running downloads' progress from now on; ``trigger`` re-runs a cache whose progress moved."""
+        self.progress.trigger = trigger
+        self.progress.start()
+
+    def downloading(self) -> list[Downloading]:
+        """The running pods of the caches' current Jobs: the only logs the progress reader reads."""
+        with self._guard:
+            keys = list(self._jobs)
+        found = []
+        for key in keys:
+            with self._guard:
+                job = self._jobs.get(key)
+            for pod in self._job_pods(key, job):
+                if (pod.get("status") or {}).get("phase") == "Running":
+                    meta = pod["metadata"]
+                    found.append(Downloading(key, meta["name"], str(meta.get("uid") or ""), CONTAINER))
+        return found
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -122,6 +147,8 @@ class CacheReconciler:
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
         self._written.pop(uid, None)
+        self.progress.forget((namespace, name))
+        self.left_behind.forget(uid)
         with self._guard:
             self._pods.pop((namespace, name), None)
             self._jobs.pop((namespace, name), None)
@@ -152,6 +179,8 @@ class CacheReconciler:
         claim: str | None = None
         pvc: dict[str, Any] | None = None
         job: dict[str, Any] | None = None
+        spec: NIMCacheSpec | None = None
+        old_claims: tuple[str, ...] = ()
         chosen = NgcProfiles()
         try:
             spec = NIMCacheSpec.model_validate(body.get("spec") or {})
@@ -165,18 +194,34 @@ class CacheReconciler:
                 failure = chosen.failure
                 if failure is None and chosen.waiting is None:
                     failure, job = self._job(cache, spec, chosen.ids)
+            old_claims = self.left_behind.find(
+                owner_uid=cache.uid,
+                generation=generation,
+                api_version="v1",
+                kind="PersistentVolumeClaim",
+                namespace=cache.namespace,
+                selector=cache_claim_selector(cache.name),
+                in_use={claim},
+            )
+        pods = self._job_pods(key, job)
         status = compute_cache_status(
             generation=generation,
             previous=previous,
             pvc_name=claim,
             pvc=pvc,
             job=job,
-            pods=self._job_pods(key, job),
+            pods=pods,
             failure=failure,
             now=_now(),
+            live=self.progress.reading(key, [str(p["metadata"].get("uid") or "") for p in pods]),
+            profiles=cached_profiles(spec) if spec is not None else (),
+            left_behind=old_claims,
+            namespace=cache.namespace,
             waiting=chosen.waiting,
         )
-        status = status.model_copy(update={"profiles": list(chosen.cached)})
+        if spec is not None and spec.source.ngc is not None:
+            # An NGC cache's choice is in status from the start: the next reconcile of this generation keeps it.
+            status = status.model_copy(update={"profiles": list(chosen.cached)})
         self._write(body, cache, previous, status)
         return status
 

@@ -86,6 +86,9 @@ SECRET_KEYS = ("NGC_API_KEY", "HF_TOKEN")
 ENV_RUNTIME_IMAGE = "NIM_OPERATOR_RUNTIME_IMAGE"
 ENV_RUNTIME_PULL_SECRETS = "NIM_OPERATOR_RUNTIME_PULL_SECRETS"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/nim-operator/nim-runtime:0.1.0"
+#: Seconds between reads of a running download's progress (a bounded tail of its pod's log).
+ENV_PROGRESS_INTERVAL = "NIM_OPERATOR_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL_S = 5.0
 
 DEFAULT_REPLICAS = 1
 #: Requests of a GPU pod per GPU when the spec gives none (a 1-GPU A10G node has 4 vCPUs and 16 GiB).

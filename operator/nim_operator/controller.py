@@ -17,6 +17,7 @@ from kubernetes import client
 
 from nim_operator import constants as c
 from nim_operator import metrics
+from nim_operator.cache_mount import mount_facts
 from nim_operator.cache_reconciler import CacheReconciler, cache_of
 from nim_operator.discovery import is_probe
 from nim_operator.integrations import IngressClasses
@@ -65,6 +66,7 @@ class Controller:
         self._resync.start()
 
     def stop(self) -> None:
+        self.caches.progress.stop()
         self._resync.stop()
         self._workers.stop()
 
@@ -218,10 +220,14 @@ class Controller:
             if spec_level_change(previous, body):
                 self._queue(Key(c.CACHE_KIND, *key), "spec")
         after = self.reconciler.caches.get(key)
-        if (before or {}).get("status") == (after or {}).get("status") and (before is None) == (after is None):
-            return
+        if mount_facts(before) == mount_facts(after):
+            return  # its progress moved, or nothing else a mounting service reads
         for service in self.reconciler.services_mounting(*key):
             self._queue(Key(c.KIND, *service), "cache")
+
+    def cache_progress(self, key: tuple[str, str]) -> None:
+        """A running download's progress moved a step (``cache_progress``): its NIMCache reconciles."""
+        self.queue.add(Key(c.CACHE_KIND, *key))
 
     def crd_event(self, event: str | None, crd: Mapping[str, Any]) -> None:
         """A CRD became established: services missing its kind (Degraded, or Failed for a missing API)

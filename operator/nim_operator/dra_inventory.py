@@ -204,7 +204,7 @@ def profile_claim(
         return None
     names = {gfd_product(g.product): g.product for gpus in by_node.values() for g in gpus}
     nodes = dra_node_facts(by_node)
-    pinned = bool(spec.profile)
+    pinned = spec.pinned_profile[0] is not None  # spec.profile or storage.nimCache.profile
     alternatives = _alternatives(manifest, decision.profile, nodes, selector, pinned)
     subrequests = []
     for profile, products in alternatives:

@@ -116,6 +116,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kube.post_event,
         runtime_image=runtime_image,
         runtime_pull_secrets=tuple(s for s in pull_secrets.split(",") if s),
+        progress_interval=float(os.environ.get(c.ENV_PROGRESS_INTERVAL) or c.DEFAULT_PROGRESS_INTERVAL_S),
         discovery=discovery,
         nodes=lambda: list(reconciler.nodes.values()),
         pools=lambda: options_for(reconciler.capacity.pools(), [c.GPU_TOLERATION]),
@@ -127,6 +128,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         resync_seconds=float(os.environ.get("NIM_OPERATOR_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS)),
     )
     controller.start()
+    caches.start_progress(controller.cache_progress)
     memo["reconciler"] = reconciler
     memo["controller"] = controller
 

@@ -430,17 +430,30 @@ class Kube:
             raise
         return True
 
-    def pod_log(self, namespace: str, name: str, container: str, *, limit_bytes: int, timeout: float) -> str:
-        """A container's log as text (the API server fetches it from the node's kubelet).
+    def pod_log(
+        self,
+        namespace: str,
+        name: str,
+        container: str,
+        *,
+        limit_bytes: int,
+        timeout: float,
+        tail_lines: int | None = None,
+    ) -> str:
+        """A container's log as text (the API server fetches it from the node's kubelet); only its last
+        ``tail_lines`` lines when given (a NIMCache download's progress is in its newest lines).
 
         ``timeout`` bounds the whole call: a node whose kubelet cannot be reached (a simulated one) must
         not hold a reconcile for the kernel's connect timeout.
         """
         metrics.API_READS.labels("PodLog").inc()
+        query = [("container", container), ("limitBytes", str(limit_bytes))]
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
         serialized = self.api.param_serialize(
             method="GET",
             resource_path=f"/api/v1/namespaces/{namespace}/pods/{name}/log",
-            query_params=[("container", container), ("limitBytes", str(limit_bytes))],
+            query_params=query,
             # The log is text/plain, yet the API server refuses that Accept header (406): ask for anything.
             header_params={"Accept": "*/*"},
             auth_settings=["BearerToken"],

@@ -175,11 +175,13 @@ def decide(
     previous_pools: Sequence[str] | None = None,
 ) -> ProfileDecision:
     """Select a profile for this spec, now or after a scale-up. Raises ``ProfileError`` when none fits."""
+    pinned, pinned_by = spec.pinned_profile
     return select_profile(
         manifest,
         nodes,
         selector=selector_of(spec),
-        pinned=spec.profile,
+        pinned=pinned,
+        pinned_by=pinned_by,
         previous=previous,
         capacity=capacity,
         context_cap=context_cap(spec),

@@ -214,7 +214,8 @@ def pod_health(pod: Mapping[str, Any]) -> PodHealth:
     live = not meta.get("deletionTimestamp") and status.get("phase") not in ("Succeeded", "Failed")
     found: list[tuple[int, PodProblem]] = []
     if live:
-        for container in status.get("containerStatuses") or []:
+        # Init containers first: one stuck on its image or a Secret keeps the others from ever starting.
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             ranked = _container_problem(pod, name, container)
             if ranked is not None:
                 found.append(ranked)

@@ -26,13 +26,14 @@ from nim_operator import metrics
 from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.applied import key_of
-from nim_operator.cache_mount import CacheMount, cache_mount
+from nim_operator.cache_mount import CacheMount, cache_mount, profile_not_held
 from nim_operator.cluster_capacity import ClusterCapacity
 from nim_operator.discovery import ManifestDiscovery
 from nim_operator.dra_inventory import DraInventory
 from nim_operator.integration_status import status_extras
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
+from nim_operator.left_behind import LeftBehindFinder
 from nim_operator.manifest_source import DISCOVERING, resolve_manifest
 from nim_operator.placement import (
     Placement,
@@ -55,7 +56,8 @@ from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
 from nim_operator.render.deployment import pvc_name
 from nim_operator.render.router import ROUTED_CONDITION, route_refusal
-from nim_operator.status import Failure, compute_status
+from nim_operator.status import Failure, Note, compute_status
+from nim_operator.storage_notes import storage_notes
 from nim_operator.workload import (
     Workload,
     WorkloadError,
@@ -266,6 +268,8 @@ class Reconciler:
         self.dra = DraInventory()
         # The newest LeaderWorkerSet of each multi-node NIMService, by (namespace, NIMService name).
         self._groups: dict[tuple[str, str], dict[str, Any]] = {}
+        # Claims and Services a rename left behind, listed by label at a bounded rate (storage_notes).
+        self.left_behind = LeftBehindFinder(kube)
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -277,6 +281,7 @@ class Reconciler:
         self._written.pop(uid, None)
         self._announced.pop(uid, None)
         self.kube.applied.prune_owner(uid)
+        self.left_behind.forget(uid)
         if namespace is not None and name is not None:
             with self._guard:
                 self._pods.pop((namespace, name), None)
@@ -401,6 +406,7 @@ class Reconciler:
         spec: NIMServiceSpec | None = None
         pstatus: ProfileStatus | None = None
         waiting: Failure | None = None
+        notes: list[Note] = []
         try:
             spec = _parse_spec(body)
             self._remember_mount((owner.namespace, owner.name), spec)
@@ -418,8 +424,9 @@ class Reconciler:
                 spec, manifest, previous, generation, nodes, (owner.namespace, owner.name), about=choice.about
             )
             workload, placement, pstatus = self._plan(owner, spec, manifest, decision, nodes, pstatus)
-            mount, waiting = self._cache_mount(owner.namespace, spec)
+            mount, waiting = self._cache_mount(owner.namespace, spec, placement)
             waiting = waiting or choice.waiting
+            notes = storage_notes(self.left_behind, owner, spec, mount, generation)
             missing: list[str] = []
             if (refused := route_refusal(owner, spec)) is not None:
                 raise _Refusal(Failure(*refused))
@@ -457,6 +464,7 @@ class Reconciler:
             now=_now(),
             pod_problem=problem,
             missing=missing,
+            notes=notes,
             extras=status_extras(self.kube, owner, spec, applied, pods),
         )
         outcome.status_written = self._write_status(body, owner, previous, outcome.status)
@@ -539,15 +547,25 @@ class Reconciler:
             for pod in self.pods_of(owner.namespace, owner.name)
         )
 
-    def _cache_mount(self, namespace: str, spec: NIMServiceSpec) -> tuple[CacheMount | None, Failure | None]:
-        """The NIMCache the spec mounts, from its watch (or one GET before its first event)."""
+    def _cache_mount(
+        self, namespace: str, spec: NIMServiceSpec, placement: Placement
+    ) -> tuple[CacheMount | None, Failure | None]:
+        """The NIMCache the spec mounts, from its watch (or one GET before its first event); a Ready cache
+        that does not hold the profile to serve is a refusal."""
         ref = spec.storage.nim_cache if spec.storage else None
         if ref is None:
             return None, None
         cache = self.caches.get((namespace, ref.name))
         if cache is None:
             cache = self.kube.get_own(c.CACHE_PLURAL, namespace, ref.name)
-        return cache_mount(namespace, ref.name, cache)
+        mount, waiting = cache_mount(namespace, ref.name, cache)
+        if mount is not None:
+            pinned, field = spec.pinned_profile
+            served = placement.profile.id if placement.profile is not None else pinned
+            missing = profile_not_held(namespace, ref.name, mount, served, field if pinned else "status.profile.id")
+            if missing is not None:
+                raise _Refusal(missing)
+        return mount, waiting
 
     def _remember_mount(self, key: tuple[str, str], spec: NIMServiceSpec) -> None:
         ref = spec.storage.nim_cache if spec.storage else None
@@ -633,8 +651,9 @@ class Reconciler:
         except ProfileError as err:
             rejected = [Rejected(id=r.id, why=r.why) for r in err.rejected]
             failed = ProfileStatus(reason=str(err), rejected=rejected, inputs=inputs)
-            if spec.profile and manifest.profile(spec.profile) is None:
-                raise _Refusal(Failure("UnknownProfile", f"spec.profile: {err}"), failed) from err
+            pinned, field = spec.pinned_profile
+            if pinned and manifest.profile(pinned) is None:
+                raise _Refusal(Failure("UnknownProfile", f"{field}: {err}"), failed) from err
             raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
         status = profile_status(decision, manifest=manifest)
         status.inputs = inputs

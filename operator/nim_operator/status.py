@@ -8,6 +8,7 @@ write.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,17 @@ class StatusExtras:
 class Failure:
     """Why the NIMService cannot be reconciled until its spec or the cluster changes."""
 
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """A condition that informs without failing (shared storage, objects a rename left behind); present
+    only while it has something to say."""
+
+    type: str
+    ok: bool
     reason: str
     message: str
 
@@ -82,6 +94,10 @@ def _degraded(previous: list[Condition], missing: list[str], generation: int, no
     return [_condition(previous, DEGRADED_CONDITION, True, "IntegrationMissing", "; ".join(missing), generation, now)]
 
 
+def _notes(previous: list[Condition], notes: Sequence[Note], generation: int, now: str) -> list[Condition]:
+    return [_condition(previous, n.type, n.ok, n.reason, n.message, generation, now) for n in notes]
+
+
 def _readiness(spec: NIMServiceSpec, deployment: dict[str, Any] | None) -> Readiness:
     """(ready, reason, message, available, current replicas) from the Deployment's status."""
     if deployment is None:
@@ -114,8 +130,10 @@ def compute_status(
     pod_problem: PodProblem | None = None,
     missing: list[str] | None = None,
     extras: StatusExtras | None = None,
+    notes: Sequence[Note] = (),
 ) -> NIMServiceStatus:
-    """The whole status for this world; ``pod_problem`` only colours a Ready condition that is False.
+    """The whole status for this world; ``pod_problem`` only colours a Ready condition that is False;
+    ``notes`` become conditions of their own.
 
     A pod problem never makes the state Failed: the spec was valid and was applied, and fixing the spec
     (a new image) or the cluster (a Secret, a node) recovers the service without the operator's help.
@@ -135,6 +153,7 @@ def compute_status(
                 now,
             ),
             *_ignored_fields(before, spec, generation, now),
+            *_notes(before, notes, generation, now),
         ]
         return NIMServiceStatus(
             state="Failed",
@@ -163,6 +182,7 @@ def compute_status(
         *(_condition(before, type_, ok, why, text, generation, now) for type_, ok, why, text in extras.conditions),
         *_ignored_fields(before, spec, generation, now),
         *_degraded(before, missing or [], generation, now),
+        *_notes(before, notes, generation, now),
     ]
     if reason == "ScaledToZero":
         state = "ScaledToZero"

@@ -1,16 +1,22 @@
 """``nim-runtime download``: fill a model store from a Hugging Face-compatible hub, for a NIMCache Job.
 
 The operator runs this in the runtime image with the cache's volume at the destination. Its contract with
-the operator is the exit code and the termination message (one JSON object), because that is all a Job's
-pod leaves behind that the operator can read without reading logs:
+the operator (which imports the constants below, so both sides read one definition):
 
-- 0: done; ``{"reason": "Downloaded", "files": n, "bytes": n, "revision": sha}``. A marker file
-  (:data:`MARKER`) is written last, so a store without it was never completed.
-- :data:`EXIT_UNAUTHORIZED`, :data:`EXIT_NOT_FOUND`, :data:`EXIT_TOO_SMALL`: permanent; the Job's pod
-  failure policy fails the Job at once instead of retrying what cannot succeed.
-- :data:`EXIT_UNREACHABLE` and anything else: worth retrying (the Job backs off and tries again).
+- The completion report: on success, the termination message is one JSON object whose ``reason`` is in
+  :data:`COMPLETED` (``{"reason": "Downloaded", "files": n, "bytes": n, "revision": sha, ...}``), written
+  after the last file and after the marker file (:data:`MARKER`). Nothing else makes a cache Ready: a pod
+  that exits 0 without it (a simulated node, a replaced command) did not fill the store.
+- Exit codes: :data:`PERMANENT_EXIT_CODES` fail the Job at once (its pod failure policy) instead of
+  retrying what cannot succeed; :data:`EXIT_UNREACHABLE` and anything else are retried with back-off. A
+  failure's termination message is ``{"reason": ..., "message": ...}``.
+- Progress: while files arrive, a line ``{"progress": {"files", "totalFiles", "bytes", "totalBytes"}}`` on
+  stdout every :data:`PROGRESS_EVERY_S` seconds when the bytes moved. The Job's pod has no API access;
+  the operator reads the newest such line from the pod's log (a bounded tail) while the download runs.
 
 A retried download resumes: files already complete in the destination are not fetched again.
+``--seal SOURCE`` writes the report for a store another downloader filled (NGC's ``download-to-cache``
+runs before it in the same pod), so NGC caches follow the same contract.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: Written after the last file; its presence means the store is complete for the source it names.
 MARKER = ".nim-cache.json"
@@ -40,6 +47,13 @@ EXIT_TOO_SMALL = 5
 EXIT_UNREACHABLE = 6
 #: Exit codes a retry cannot fix (the operator's Job fails on these without backing off).
 PERMANENT_EXIT_CODES = (EXIT_UNAUTHORIZED, EXIT_NOT_FOUND, EXIT_TOO_SMALL)
+#: The reasons of a completion report: the store is complete (hub download or NGC seal; catalog conversion).
+COMPLETED = ("Downloaded", "Prepared")
+#: The key of a progress line, and how often one is printed while the bytes move.
+PROGRESS_KEY = "progress"
+PROGRESS_EVERY_S = 2.0
+#: Where huggingface_hub keeps a file while it arrives in a ``local_dir`` (renamed into place when complete).
+_PARTIAL_DIR = Path(".cache") / "huggingface" / "download"
 
 
 class DownloadError(Exception):
@@ -119,19 +133,82 @@ def _repo_files(api: Any, source: HubSource, patterns: Sequence[str]) -> tuple[s
     return str(info.sha or source.revision), files
 
 
-def _sizes(source: HubSource, revision: str, files: dict[str, int | None], token: str | None) -> int:
-    """The total size; files whose size the listing left out are asked for one by one (a HEAD each)."""
+def _sizes(source: HubSource, revision: str, files: dict[str, int | None], token: str | None) -> dict[str, int]:
+    """Every file's size; those the listing left out are asked for one by one (a HEAD each)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    total = 0
+    sizes = {}
     for name, size in files.items():
         if size is None:
             url = hf_hub_url(
                 source.repo_id, name, revision=revision, repo_type=source.repo_type, endpoint=source.endpoint
             )
             size = get_hf_file_metadata(url, token=token).size or 0
-        total += size
-    return total
+        sizes[name] = size
+    return sizes
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:  # absent, or renamed between listing and stat: the downloader moved on
+        return None
+
+
+def bytes_on_volume(dest: Path, sizes: Mapping[str, int]) -> tuple[int, int]:
+    """(files complete, bytes written) of the expected files in ``dest``, counting partial downloads.
+
+    An estimate for progress only (a file of an older revision with the same name counts as done until it
+    is replaced); the completion report carries the exact figures.
+    """
+    complete = written = 0
+    for name, size in sizes.items():
+        have = _size_of(dest / name)
+        if have is not None:
+            complete += have >= size
+            written += min(have, size)
+    partial = dest / _PARTIAL_DIR
+    if partial.is_dir():
+        written += sum(_size_of(f) or 0 for f in partial.rglob("*.incomplete"))
+    return complete, min(written, sum(sizes.values()))
+
+
+class ProgressReporter:
+    """Prints a progress line every ``every`` seconds while the bytes on the volume move (a thread)."""
+
+    def __init__(
+        self, dest: Path, sizes: Mapping[str, int], *, every: float = PROGRESS_EVERY_S, out: IO[str] | None = None
+    ) -> None:
+        self.dest = dest
+        self.sizes = dict(sizes)
+        self.every = every
+        self.out = out or sys.stdout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="download-progress", daemon=True)
+        self._last: tuple[int, int] | None = None
+
+    def __enter__(self) -> ProgressReporter:
+        self.report()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.report()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.report()
+
+    def report(self) -> None:
+        """One line, if the figures changed since the last one."""
+        files, written = bytes_on_volume(self.dest, self.sizes)
+        if (files, written) == self._last:
+            return
+        self._last = (files, written)
+        line = {"files": files, "totalFiles": len(self.sizes), "bytes": written, "totalBytes": sum(self.sizes.values())}
+        print(json.dumps({PROGRESS_KEY: line}), file=self.out, flush=True)
 
 
 def download(
@@ -152,11 +229,12 @@ def download(
             raise DownloadError(
                 "NotFound", EXIT_NOT_FOUND, f"{source.uri} holds no model files ({', '.join(patterns)})"
             )
-        total = _sizes(source, revision, files, token)
+        sizes = _sizes(source, revision, files, token)
     except DownloadError:
         raise
     except Exception as exc:
         raise _classify(exc, source) from exc
+    total = sum(sizes.values())
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MARKER).unlink(missing_ok=True)
     have = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and ".cache" not in f.parts)
@@ -170,29 +248,52 @@ def download(
         )
     print(f"downloading {len(files)} files ({_gib(total)}) of {source.uri} into {dest}", flush=True)
     try:
-        snapshot_download(
-            source.repo_id,
-            revision=revision,
-            repo_type=source.repo_type,
-            local_dir=dest,
-            allow_patterns=list(files),
-            token=token,
-            endpoint=source.endpoint,
-        )
+        with ProgressReporter(dest, sizes):
+            snapshot_download(
+                source.repo_id,
+                revision=revision,
+                repo_type=source.repo_type,
+                local_dir=dest,
+                allow_patterns=list(files),
+                token=token,
+                endpoint=source.endpoint,
+            )
     except Exception as exc:
         raise _classify(exc, source) from exc
-    summary = {
-        "reason": "Downloaded",
-        "source": source.uri,
-        "revision": revision,
-        "files": len(files),
-        "bytes": total,
-        "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    summary = {"reason": "Downloaded", "source": source.uri, "revision": revision, "files": len(files), "bytes": total}
+    return _mark_complete(dest, summary)
+
+
+def _mark_complete(dest: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the marker (atomically, last of all files) and return the completion report."""
+    summary = {**summary, "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     tmp = dest / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(summary) + "\n")
     tmp.rename(dest / MARKER)
     return summary
+
+
+def seal(dest: Path, source: str) -> dict[str, Any]:
+    """The completion report for a store another downloader filled (it exited 0 before this runs).
+
+    NGC's ``download-to-cache`` leaves no report of its own; an empty store means it fetched nothing
+    (no profile matched), which a retry will not change.
+    """
+    (dest / MARKER).unlink(missing_ok=True)
+    files = [f for f in dest.rglob("*") if f.is_file() and f.name != f"{MARKER}.tmp"]
+    if not files:
+        raise DownloadError(
+            "NotFound",
+            EXIT_NOT_FOUND,
+            f"{source} wrote no files into {dest}: check spec.source.ngc.model (no profile may match it)",
+        )
+    summary = {
+        "reason": "Downloaded",
+        "source": source,
+        "files": len(files),
+        "bytes": sum(_size_of(f) or 0 for f in files),
+    }
+    return _mark_complete(dest, summary)
 
 
 def _gib(n: int) -> str:
@@ -231,11 +332,9 @@ def prepare_catalog(name: str, dest: Path) -> dict[str, Any]:
         "reason": "Prepared",
         "source": manifest.source,
         "files": len(files),
-        "bytes": sum(f.stat().st_size for f in files),
-        "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "bytes": sum(_size_of(f) or 0 for f in files),
     }
-    (dest / MARKER).write_text(json.dumps(summary) + "\n")
-    return summary
+    return _mark_complete(dest, summary)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -246,16 +345,21 @@ def main(argv: Sequence[str]) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--repo", help="org/name of the repository")
     what.add_argument("--catalog", help="a model of the runtime's catalog (embedded ones are converted)")
+    what.add_argument("--seal", metavar="SOURCE", help="report a store another downloader filled (NGC's)")
     parser.add_argument("--revision", default="main")
     parser.add_argument("--repo-type", default="model", choices=["model", "dataset"])
     parser.add_argument("--dest", default=os.environ.get("NIM_CACHE_PATH") or "/model-store")
     parser.add_argument("--capacity-bytes", type=int, default=None, help="the volume's requested size")
     parser.add_argument("--termination-log", default=os.environ.get("NIM_TERMINATION_LOG", "/dev/termination-log"))
     options = parser.parse_args(list(argv))
-    source = HubSource(options.endpoint, options.repo or options.catalog, options.revision, options.repo_type)
+    source = HubSource(
+        options.endpoint, options.repo or options.catalog or options.seal, options.revision, options.repo_type
+    )
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
     try:
-        if options.catalog:
+        if options.seal:
+            summary = seal(Path(options.dest), options.seal)
+        elif options.catalog:
             summary = prepare_catalog(options.catalog, Path(options.dest))
         else:
             summary = download(source, Path(options.dest), capacity_bytes=options.capacity_bytes, token=token)

@@ -241,6 +241,7 @@ def test_service_account_cannot_do_what_the_operator_never_does(clusterwide: tup
     assert can_i(api, "patch", NIMSERVICES, group=GROUP, subresource="status", namespace="anywhere")
     assert can_i(api, "list", "nodes")
     assert can_i(api, "watch", "pods", namespace="anywhere")
+    assert can_i(api, "get", "pods", subresource="log", namespace="anywhere")  # NIMCache download progress
     assert can_i(api, "patch", "clusterkopfpeerings", group="kopf.dev", name=release.fullname)
     denied: list[tuple[str, str, dict[str, Any]]] = [
         ("get", "secrets", {}),

@@ -224,6 +224,8 @@ def release(cluster: Cluster, images: str, tmp_path_factory: pytest.TempPathFact
         "nodeSelector": {"kubernetes.io/hostname": "real-1"},
         "tolerations": TOLERATE_REAL,
         "verbose": True,
+        # NIMCache progress read every second, so a download of a few seconds shows progress live.
+        "cacheProgressIntervalSeconds": 1,
     }
     values_file = tmp_path_factory.mktemp("helm") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))

@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 
 from nim_operator.manifest_probe import LABEL_PROBE, key_hash, object_name
+from nim_operator.render.cache import PULLER
 from tests.conftest import Cluster
 from tests.e2e.conftest import (
     GROUP,
@@ -190,6 +191,7 @@ def test_an_ngc_cache_fetches_what_placement_would_run(cluster: Cluster, release
     assert set(by_id) == {IDS["trt-h100-fp8-tp1"], IDS["trt-l40s-fp8-tp1"], IDS["trt-buildable-bf16-tp1"]}, by_id
     assert "for NVIDIA-H100-80GB-HBM3" in by_id[IDS["trt-h100-fp8-tp1"]]
     job = client.BatchV1Api(cluster.api).read_namespaced_job("ngc-job", ns)
-    command = job.spec.template.spec.containers[0].command
+    # NVIDIA's puller runs as the init container; our downloader then seals what it wrote.
+    command = next(c for c in job.spec.template.spec.init_containers if c.name == PULLER).command
     assert command[:2] == ["download-to-cache", "--profiles"]
     assert set(command[2:]) == set(by_id)

@@ -9,6 +9,7 @@ import pytest
 from nim_operator.api.nimcache import CachedProfile, ModelSelector, NIMCacheSpec, NIMCacheStatus
 from nim_operator.cache_profiles import choose_cache_profiles, ngc_profiles
 from nim_operator.discovery import Known, Probing, Unknown
+from nim_operator.render.cache import PULLER as PULLER_CONTAINER
 from nim_operator.render.cache import Cache, render_job
 from nim_runtime.profiles import (
     NodeGpuFacts,
@@ -113,7 +114,9 @@ def test_the_choice_is_made_once_per_generation() -> None:
 def test_the_download_command_takes_the_chosen_profiles() -> None:
     chosen = ngc_profiles(_spec(), lookup=lambda: Known(PULLER, LLAMA), nodes=CLUSTER, previous=None, generation=1)
     job = render_job(Cache("llama", "team-a", "uid"), _spec(), runtime_image="x", profiles=chosen.ids)
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    # NVIDIA's puller runs as the init container; our downloader then seals what it wrote.
+    puller = next(i for i in job["spec"]["template"]["spec"]["initContainers"] if i["name"] == PULLER_CONTAINER)
+    command = puller["command"]
     assert command[:2] == ["download-to-cache", "--profiles"]
     assert set(command[2:]) == set(chosen.ids or ())
 

@@ -117,7 +117,7 @@ def test_job_hash_changes_with_the_source_only() -> None:
     assert one["metadata"]["annotations"][key] != other["metadata"]["annotations"][key]
 
 
-def test_ngc_job_runs_the_pullers_download_to_cache_with_its_secrets() -> None:
+def test_ngc_job_runs_the_pullers_download_to_cache_then_seals_it_with_our_downloader() -> None:
     spec = NIMCacheSpec.model_validate(
         {
             "source": {
@@ -131,12 +131,26 @@ def test_ngc_job_runs_the_pullers_download_to_cache_with_its_secrets() -> None:
             "storage": {"pvc": {"create": True, "size": "50Gi"}},
         }
     )
-    pod = render_job(CACHE, spec, runtime_image="unused")["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["image"] == "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3"
-    assert container["command"] == ["download-to-cache", "--profiles", "abc123"]
-    assert container["envFrom"] == [{"secretRef": {"name": "ngc-api-secret"}}]
-    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}]
+    job = render_job(CACHE, spec, runtime_image="localhost/nim-runtime:dev", runtime_pull_secrets=("ours",))
+    pod = job["spec"]["template"]["spec"]
+    [puller] = pod["initContainers"]
+    assert puller["image"] == "nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3"
+    assert puller["command"] == ["download-to-cache", "--profiles", "abc123"]
+    assert puller["envFrom"] == [{"secretRef": {"name": "ngc-api-secret"}}]
+    assert puller["securityContext"]["runAsNonRoot"] is True
+    # The report that makes the cache Ready comes from our downloader, which holds no NGC key.
+    [sealer] = pod["containers"]
+    assert sealer["image"] == "localhost/nim-runtime:dev"
+    assert sealer["command"][:4] == [
+        "nim-runtime",
+        "download",
+        "--seal",
+        "ngc:nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3",
+    ]
+    assert "envFrom" not in sealer
+    assert pod["imagePullSecrets"] == [{"name": "ngc-secret"}, {"name": "ours"}]
+    # Only our downloader's exit codes fail the Job at once; the puller's are retried with back-off.
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["containerName"] == sealer["name"]
 
 
 @pytest.mark.parametrize(
@@ -185,6 +199,8 @@ def test_ready_only_when_the_job_completed_with_the_downloaders_summary() -> Non
     assert status.pvc == "smollm2-pvc"
     assert status.progress is not None
     assert status.progress.files == 7
+    assert status.progress.percent == 100
+    assert status.progress.summary == "100% of 257.5 MiB"
     assert status.size == "257.5 MiB"
     ready = next(x for x in status.conditions if x.type == "Ready")
     assert ready.status == "True"

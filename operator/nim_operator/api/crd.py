@@ -139,7 +139,7 @@ _READY_REASON = ".status.conditions[?(@.type=='Ready')].reason"
 
 
 def build_cache_crd() -> dict[str, Any]:
-    """The NIMCache CRD: NVIDIA's fields, our catalog source, state/size columns for `kubectl get`."""
+    """The NIMCache CRD: NVIDIA's fields, our catalog source, state/progress/size columns for `kubectl get`."""
     from nim_operator.api.nimcache import NIMCacheSpec, NIMCacheStatus
 
     return {
@@ -166,6 +166,7 @@ def build_cache_crd() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "State", "type": "string", "jsonPath": ".status.state"},
                         {"name": "PVC", "type": "string", "jsonPath": ".status.pvc"},
+                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
                         {"name": "Size", "type": "string", "jsonPath": ".status.size"},
                         {"name": "Reason", "type": "string", "jsonPath": _READY_REASON},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

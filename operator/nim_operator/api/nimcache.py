@@ -183,8 +183,18 @@ class CachedProfile(Model):
 
 
 class CacheProgress(Model):
-    files: int = 0
-    bytes: int = 0
+    """Bytes done / total, read from the downloader while it runs and from its completion report at the end.
+
+    Published in steps (see ``cache_status``), not for every byte: a status write per reading would cost an
+    API write every few seconds per cache for nothing a reader needs.
+    """
+
+    files: int = Field(default=0, description="Files complete.")
+    total_files: int | None = Field(default=None, description="Files to download; unknown for NGC sources.")
+    bytes: int = Field(default=0, description="Bytes written to the claim.")
+    total_bytes: int | None = Field(default=None, description="Bytes to download; unknown for NGC sources.")
+    percent: int | None = Field(default=None, ge=0, le=100, description="bytes / totalBytes, rounded down.")
+    summary: str | None = Field(default=None, description="For `kubectl get`, e.g. 42% of 257.5 MiB.")
 
 
 class NIMCacheStatus(Model):
@@ -195,5 +205,9 @@ class NIMCacheStatus(Model):
     profiles: list[CachedProfile] = Field(default_factory=list)
     conditions: list[CacheCondition] = Field(default_factory=list)
     observed_generation: int | None = None
-    progress: CacheProgress | None = Field(default=None, description="What the download wrote.")
+    progress: CacheProgress | None = Field(default=None, description="What the download wrote so far.")
     size: str | None = Field(default=None, description="Size of the cached model, e.g. 258.4 MiB.")
+    access_modes: list[str] = Field(
+        default_factory=list,
+        description="The claim's access modes: ReadWriteOnce keeps the NIMServices that mount it on one node.",
+    )

@@ -45,8 +45,12 @@ class Resources(_Model):
 
 
 class NIMCacheRef(_Model):
-    name: str = Field(min_length=1, description="NIMCache whose PVC (<name>-pvc) holds the model.")
-    profile: str | None = Field(default=None, description="Profile cached there.")
+    name: str = Field(min_length=1, description="NIMCache whose claim (its status.pvc) holds the model.")
+    profile: str | None = Field(
+        default=None,
+        description="The profile to serve, one the cache holds (its status.profiles); pins it like spec.profile "
+        "and sets NIM_MODEL_PROFILE. Empty: chosen as without a cache.",
+    )
 
 
 class PVC(_Model):
@@ -248,6 +252,12 @@ class NIMServiceSpec(_Model):
             "!(has(self.router) && has(self.expose) && has(self.expose.router))",
             "set spec.expose.router or spec.router (the same router), not both",
         ),
+        (
+            "!(has(self.profile) && has(self.storage) && has(self.storage.nimCache) && "
+            "has(self.storage.nimCache.profile) && self.storage.nimCache.profile != '' && "
+            "self.storage.nimCache.profile != self.profile)",
+            "spec.profile and spec.storage.nimCache.profile name different profiles: set one of them",
+        ),
         *ROUTER_RULES,
         *KSERVE_RULES,
         *CONTAINER_RULES,
@@ -349,6 +359,14 @@ class NIMServiceSpec(_Model):
     @property
     def desired_replicas(self) -> int:
         return c.DEFAULT_REPLICAS if self.replicas is None else self.replicas
+
+    @property
+    def pinned_profile(self) -> tuple[str | None, str]:
+        """(the profile to run, the field that pins it): spec.profile, else the NIMCache's profile."""
+        cached = self.storage.nim_cache.profile if self.storage and self.storage.nim_cache else None
+        if self.profile or not cached:
+            return self.profile, "spec.profile"
+        return cached, "spec.storage.nimCache.profile"
 
     @property
     def effective_router(self) -> Router | None:

@@ -4,6 +4,11 @@ The claim is never owned by anything a routine edit deletes: with the default re
 has no owner at all, so deleting and recreating a NIMCache (a GitOps rename, a re-install) finds the
 weights where they were. The Job is owned by its NIMCache; its template is immutable, so a changed
 source means a new Job (the shell deletes the old one, whose hash annotation no longer matches).
+
+Every Job ends with our downloader's completion report (see ``nim_runtime.download``), which is what makes
+a cache Ready: hub and catalog sources run ``nim-runtime download`` itself; an NGC source runs NVIDIA's
+``download-to-cache`` in the puller image as an init container, then ``nim-runtime download --seal`` in
+the runtime image, which reports what the puller wrote.
 """
 
 from __future__ import annotations
@@ -16,16 +21,19 @@ from typing import Any
 from nim_operator import constants as c
 from nim_operator.api.nimcache import NIMCacheSpec
 from nim_operator.kube import desired_hash
+from nim_runtime.download import PERMANENT_EXIT_CODES
 
-#: The container of the Job; the pod failure policy names it.
+#: The container that runs our downloader (the pod failure policy and the progress reader name it).
 CONTAINER = "download"
+#: The init container that runs an NGC source's puller image before ours seals what it wrote.
+PULLER = "ngc-puller"
 CACHE_VOLUME = "model-cache"
 TMP_VOLUME = "tmp"
-#: The download's exit codes a retry cannot fix (see ``nim_runtime.download``): fail the Job at once.
-PERMANENT_EXIT_CODES = (3, 4, 5)
 #: Tries of a download that may yet succeed (an unreachable hub), with the Job controller's back-off.
 BACKOFF_LIMIT = 4
 DEFAULT_REQUESTS = {"cpu": "250m", "memory": "1Gi"}
+#: Seconds the downloader waits for a hub's answer (a HEAD, or the next bytes of a file) before a retry.
+HUB_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -118,32 +126,37 @@ def capacity_bytes(size: int | str | None) -> int | None:
         return None
 
 
-def _command(
-    spec: NIMCacheSpec, claim_size: int | None, profiles: Sequence[str] | None = None
-) -> tuple[str | None, list[str]]:
-    """(image override or None for the runtime image, command) of the download container.
+def _puller_command(spec: NIMCacheSpec, profiles: Sequence[str] | None) -> list[str] | None:
+    """NVIDIA's documented entry point of every NIM image (it reads NGC_API_KEY and NIM_CACHE_PATH), for an
+    NGC source; None for the sources our downloader fetches itself.
 
     ``profiles``: the NGC profile ids placement chose (see ``cache_profiles``); None leaves the choice to
     ``spec.source.ngc.model.profiles``, or to the image.
     """
+    if spec.source.ngc is None:
+        return None
+    command = ["download-to-cache"]
+    model = spec.source.ngc.model
+    chosen = list(profiles) if profiles is not None else (list(model.profiles) if model is not None else [])
+    if chosen:
+        command += ["--profiles", *chosen]
+    return command
+
+
+def _command(spec: NIMCacheSpec, claim_size: int | None) -> list[str]:
+    """The command of our download container (in the runtime image)."""
     source = spec.source
     if source.ngc is not None:
-        # NVIDIA's documented entry point of every NIM image: it reads NGC_API_KEY and NIM_CACHE_PATH.
-        command = ["download-to-cache"]
-        model = source.ngc.model
-        chosen = list(profiles) if profiles is not None else (list(model.profiles) if model is not None else [])
-        if chosen:
-            command += ["--profiles", *chosen]
-        return source.ngc.model_puller, command
+        return ["nim-runtime", "download", "--seal", f"ngc:{source.ngc.model_puller}", "--dest", c.MODEL_STORE]
     if source.catalog is not None:
-        return None, ["nim-runtime", "download", "--catalog", source.catalog.model, "--dest", c.MODEL_STORE]
+        return ["nim-runtime", "download", "--catalog", source.catalog.model, "--dest", c.MODEL_STORE]
     hub = source.hf or source.data_store
     assert hub is not None  # admission guarantees exactly one source
     command = ["nim-runtime", "download", "--endpoint", hub.endpoint, "--repo", hub.repo_id]
     command += ["--repo-type", hub.repo_type, "--revision", hub.revision or "main", "--dest", c.MODEL_STORE]
     if claim_size is not None:
         command += ["--capacity-bytes", str(claim_size)]
-    return None, command
+    return command
 
 
 def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
@@ -153,6 +166,10 @@ def _env(spec: NIMCacheSpec) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "HF_HOME", "value": "/tmp/home/.cache/huggingface"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        # huggingface_hub gives a HEAD 10 s by default; a mirror (olah, a NeMo Data Store) may hash a
+        # large file before it answers one, and took 19-37 s for a 260 MB file on a loaded node.
+        {"name": "HF_HUB_ETAG_TIMEOUT", "value": str(HUB_TIMEOUT_S)},
+        {"name": "HF_HUB_DOWNLOAD_TIMEOUT", "value": str(HUB_TIMEOUT_S)},
     ]
     hub = spec.source.hf or spec.source.data_store
     if hub is not None:
@@ -177,11 +194,87 @@ def _auth_secret(spec: NIMCacheSpec) -> str | None:
     return hub.auth_secret if hub is not None else None
 
 
-def _pull_secret(spec: NIMCacheSpec) -> str | None:
-    source = spec.source
-    if source.ngc is not None:
-        return source.ngc.pull_secret
-    return None  # hub and catalog sources run the operator's runtime image, pulled with its own secrets
+def _pull_secrets(spec: NIMCacheSpec, runtime_pull_secrets: tuple[str, ...]) -> list[str]:
+    """The runtime image's secrets (every Job runs our downloader), and an NGC puller's own."""
+    ngc = spec.source.ngc.pull_secret if spec.source.ngc is not None else None
+    return ([ngc] if ngc else []) + [s for s in runtime_pull_secrets if s != ngc]
+
+
+_RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _resources(spec: NIMCacheSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = dict(DEFAULT_REQUESTS)
+    limits: dict[str, Any] = {}
+    if spec.resources is not None:
+        for key, value in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
+            if value is not None:
+                requests[key] = limits[key] = value
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def _container(
+    name: str, image: str, command: list[str], spec: NIMCacheSpec, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "command": command,
+        "env": _env(spec),
+        "resources": _resources(spec),
+        "volumeMounts": copy.deepcopy(mounts),
+        # Our downloader writes its JSON report; anything else that fails leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(_RESTRICTED),
+    }
+
+
+def _init_containers(
+    spec: NIMCacheSpec, mounts: list[dict[str, Any]], profiles: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    """The user's init containers (with the cache mounted), then an NGC source's puller."""
+    found: list[dict[str, Any]] = [
+        {
+            "name": ic.name,
+            "image": f"{ic.image.repository}:{ic.image.tag}",
+            **({"command": list(ic.command)} if ic.command else {}),
+            **({"args": list(ic.args)} if ic.args else {}),
+            **({"env": copy.deepcopy(ic.env)} if ic.env else {}),
+            **({"workingDir": ic.working_dir} if ic.working_dir else {}),
+            "volumeMounts": [dict(mounts[0])],
+        }
+        for ic in spec.init_containers
+    ]
+    command = _puller_command(spec, profiles)
+    if command is not None and spec.source.ngc is not None:
+        puller = _container(PULLER, spec.source.ngc.model_puller, command, spec, mounts)
+        secret = _auth_secret(spec)
+        if secret:
+            puller["envFrom"] = [{"secretRef": {"name": secret}}]
+        found.append(puller)
+    return found
+
+
+def _volumes(cache: Cache, spec: NIMCacheSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts): the claim first, scratch /tmp, and extra CA certificates if asked."""
+    mount: dict[str, Any] = {"name": CACHE_VOLUME, "mountPath": c.MODEL_STORE}
+    if spec.storage.pvc and spec.storage.pvc.sub_path:
+        mount["subPath"] = spec.storage.pvc.sub_path
+    mounts = [mount, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": pvc_name(cache, spec)}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    if spec.cert_config is not None:
+        mounts.append({"name": "certs", "mountPath": spec.cert_config.mount_path, "readOnly": True})
+        volumes.append({"name": "certs", "configMap": {"name": spec.cert_config.name}})
+    return volumes, mounts
 
 
 def render_job(
@@ -194,45 +287,13 @@ def render_job(
 ) -> dict[str, Any]:
     """The download Job: non-root, read-only root, no GPU and no GPU-node selector (it needs neither)."""
     size = capacity_bytes(spec.storage.pvc.size if spec.storage.pvc and spec.storage.pvc.create else None)
-    image, command = _command(spec, size, profiles)
+    volumes, mounts = _volumes(cache, spec)
+    container = _container(CONTAINER, runtime_image, _command(spec, size), spec, mounts)
+    secret = _auth_secret(spec)
+    if secret and spec.source.ngc is None:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
     user = spec.user_id if spec.user_id is not None else c.DEFAULT_USER_ID
     group = spec.group_id if spec.group_id is not None else c.DEFAULT_GROUP_ID
-    requests: dict[str, Any] = dict(DEFAULT_REQUESTS)
-    limits: dict[str, Any] = {}
-    if spec.resources is not None:
-        for key, value in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
-            if value is not None:
-                requests[key] = limits[key] = value
-    mount: dict[str, Any] = {"name": CACHE_VOLUME, "mountPath": c.MODEL_STORE}
-    if spec.storage.pvc and spec.storage.pvc.sub_path:
-        mount["subPath"] = spec.storage.pvc.sub_path
-    mounts = [mount, {"name": TMP_VOLUME, "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [
-        {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": pvc_name(cache, spec)}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
-    ]
-    if spec.cert_config is not None:
-        mounts.append({"name": "certs", "mountPath": spec.cert_config.mount_path, "readOnly": True})
-        volumes.append({"name": "certs", "configMap": {"name": spec.cert_config.name}})
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": image or runtime_image,
-        "command": command,
-        "env": _env(spec),
-        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    secret = _auth_secret(spec)
-    if secret:
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
@@ -247,29 +308,14 @@ def render_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if spec.init_containers:
-        pod["initContainers"] = [
-            {
-                "name": ic.name,
-                "image": f"{ic.image.repository}:{ic.image.tag}",
-                **({"command": list(ic.command)} if ic.command else {}),
-                **({"args": list(ic.args)} if ic.args else {}),
-                **({"env": copy.deepcopy(ic.env)} if ic.env else {}),
-                **({"workingDir": ic.working_dir} if ic.working_dir else {}),
-                "volumeMounts": [dict(mount)],
-            }
-            for ic in spec.init_containers
-        ]
-    pull = _pull_secret(spec)
-    pull_secrets = [pull] if pull else ([] if image else list(runtime_pull_secrets))
-    if pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
-    if spec.node_selector:
-        pod["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod["tolerations"] = copy.deepcopy(spec.tolerations)
-    if spec.runtime_class_name:
-        pod["runtimeClassName"] = spec.runtime_class_name
+    optional = {
+        "initContainers": _init_containers(spec, mounts, profiles) or None,
+        "imagePullSecrets": [{"name": s} for s in _pull_secrets(spec, runtime_pull_secrets)] or None,
+        "nodeSelector": dict(spec.node_selector) or None,
+        "tolerations": copy.deepcopy(spec.tolerations) or None,
+        "runtimeClassName": spec.runtime_class_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v is not None})
     labels = cache_labels(cache)
     job_spec: dict[str, Any] = {
         "backoffLimit": BACKOFF_LIMIT,

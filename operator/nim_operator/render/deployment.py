@@ -64,8 +64,12 @@ def _env(spec: NIMServiceSpec, placement: Placement, cache: CacheMount | None = 
         {"name": c.ENV_JSONL_LOGGING, "value": "1"},
         {"name": c.ENV_DRAIN_TIMEOUT, "value": str(drain)},
     ]
+    pinned, _ = spec.pinned_profile
     if placement.profile is not None:
         ours.append({"name": c.ENV_MODEL_PROFILE, "value": placement.profile.id})
+    elif pinned:
+        # No manifest is known for this image: the runtime (NVIDIA's NIM too) selects by this variable.
+        ours.append({"name": c.ENV_MODEL_PROFILE, "value": pinned})
     if placement.served_model_name:
         ours.append({"name": c.ENV_SERVED_MODEL_NAME, "value": placement.served_model_name})
     if spec.model and spec.model.name:

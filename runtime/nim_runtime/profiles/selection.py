@@ -260,14 +260,16 @@ def select_profile(
     capacity: Sequence[ScaleUpOption] = (),
     context_cap: int | None = None,
     previous_pools: Collection[str] | None = None,
+    pinned_by: str = "spec.profile",
 ) -> ProfileDecision:
     """Choose the profile to run, deterministically, with a reason for every profile.
 
     ``capacity`` lists the node shapes autoscalers may add: a profile that only a scale-up can run is
-    chosen when nothing runnable now ranks higher. ``pinned`` (``spec.profile``) wins over everything,
-    even when nothing can run it yet. ``previous`` is kept while it is still feasible, so a node joining
-    or GPUs freeing up does not flip a running service to another profile. A selector that pins GPU
-    products keeps profiles nothing offers yet, for a cluster autoscaler this operator cannot read.
+    chosen when nothing runnable now ranks higher. ``pinned`` (``spec.profile``, or the field ``pinned_by``
+    names) wins over everything, even when nothing can run it yet. ``previous`` is kept while it is still
+    feasible, so a node joining or GPUs freeing up does not flip a running service to another profile. A
+    selector that pins GPU products keeps profiles nothing offers yet, for a cluster autoscaler this
+    operator cannot read.
     ``context_cap`` (the user's NIM_MAX_MODEL_LEN) sizes the KV cache. ``previous_pools`` (labels) limits
     the pools of a kept decision to those it had, so a NodePool added later does not rewrite the pods of
     a running service. Raises :class:`ProfileError` when nothing fits now or after a scale-up, listing
@@ -276,7 +278,7 @@ def select_profile(
     selector = selector or ProfileSelector()
     if pinned is not None:
         kept_pools = previous_pools if pinned == previous else None
-        return _pinned_decision(manifest, nodes, pinned, selector, capacity, context_cap, kept_pools)
+        return _pinned_decision(manifest, nodes, pinned, selector, capacity, context_cap, kept_pools, pinned_by)
 
     rejected: list[Rejection] = []
     feasible: list[tuple[Profile, Availability, _Where]] = []
@@ -346,6 +348,7 @@ def _pinned_decision(
     capacity: Sequence[ScaleUpOption],
     context_cap: int | None,
     kept_pools: Collection[str] | None,
+    pinned_by: str,
 ) -> ProfileDecision:
     profile = manifest.profile(pinned)
     if profile is None:
@@ -356,7 +359,7 @@ def _pinned_decision(
     where = _where(manifest, profile, nodes, capacity, selector, context_cap)
     availability = _availability(where, profile, selector) or "waiting"
     where = _keep_pools(where, kept_pools)
-    reason = f"{profile.id}: pinned by spec.profile"
+    reason = f"{profile.id}: pinned by {pinned_by}"
     if availability == "scale-up":
         reason += f"; after scale-up via {_pools_text(where.pools)}"
     elif availability == "busy":
@@ -364,7 +367,7 @@ def _pinned_decision(
     elif availability == "waiting":
         reason += f"; {where.why_not}, so pods stay Pending until such a node joins"
     able = where.now + where.busy
-    rejected = tuple(Rejection(p.id, f"spec.profile pins {profile.id}") for p in manifest.profiles if p != profile)
+    rejected = tuple(Rejection(p.id, f"{pinned_by} pins {profile.id}") for p in manifest.profiles if p != profile)
     return ProfileDecision(
         profile,
         _products(able, where.steer),
