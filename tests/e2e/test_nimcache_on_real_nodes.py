@@ -437,15 +437,24 @@ def test_nvidia_sample_caches_on_a_real_node_fail_naming_what_is_missing(cluster
 
     def named(state_reason_message: tuple[str, str, str]) -> bool:
         state_, why, message = state_reason_message
-        return (state_ == "Failed" and why in ("ImagePullBackOff", "CreateContainerConfigError")) or (
+        # An NGC source without model.profiles first asks its puller image for the manifest: that image
+        # cannot be pulled here, so the profiles to cache cannot be chosen, and the fix is named.
+        unreadable = why == "ManifestUnavailable" and "spec.source.ngc.model.profiles" in message
+        return (state_ == "Failed" and (why in ("ImagePullBackOff", "CreateContainerConfigError") or unreadable)) or (
             why in ("Retrying", "Unreachable", "Unauthorized", "NotFound") and "huggingface.co" in message
         )
 
-    def settled() -> dict[str, tuple[str, str, str]] | None:
-        found = {n: reason(n) for n in names}
-        return found if all(named(r) for r in found.values()) else None
+    last: dict[str, tuple[str, str, str]] = {}
 
-    seen = wait_for(settled, timeout=300, what="every sample to say what is missing")
+    def settled() -> dict[str, tuple[str, str, str]] | None:
+        last.clear()
+        last.update({n: reason(n) for n in names})
+        return dict(last) if all(named(r) for r in last.values()) else None
+
+    try:
+        seen = wait_for(settled, timeout=300, what="every sample to say what is missing")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; what they said: {last}") from err
     for name, (state_, why, message) in seen.items():
         print(f"{name:55} {state_:10} {why}: {message[:160]}")
         assert state_ != "Ready"
@@ -457,7 +466,7 @@ def test_nvidia_sample_caches_on_a_real_node_fail_naming_what_is_missing(cluster
         assert len(pods) <= 2, [p.metadata.name for p in pods]  # the Job's back-off, not a crash loop
         assert all(p.spec.restart_policy == "Never" for p in pods)
     kinds = {why for _, why, _ in seen.values()}
-    assert "ImagePullBackOff" in kinds  # the NGC puller images cannot be had here
+    assert kinds & {"ImagePullBackOff", "ManifestUnavailable"}  # the NGC puller images cannot be had here
     assert "CreateContainerConfigError" in kinds  # the datastore sample's hf-auth Secret does not exist
     kubectl(cluster, "-n", ns, "delete", CACHES, *names, "--wait=true", timeout=180)
 
