@@ -245,7 +245,7 @@ class ManifestDiscovery:
             return self._fail(
                 request,
                 "ManifestUnreadable",
-                f"the manifest probe of {request.image} finished, but its log (pod {pod}) could not be read: {why}",
+                f"the manifest probe of {request.image} finished, but its log could not be read: {why}",
             )
         try:
             listing = parse_listing(text, image=request.image)

@@ -260,7 +260,10 @@ def read_probe(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], image:
         )
     problem = find_pod_problem(pods)
     if problem is not None and problem.reason in STUCK:
-        return ProbeOutcome(failed=True, reason=problem.reason, message=problem.message)
+        # Kept in the status of every service that runs the image: without the probe pod's name, which is
+        # new on every retry, a retry that fails the same way rewrites nothing.
+        said = problem.message.split(": ", 1)[1] if problem.message.startswith("pod ") else problem.message
+        return ProbeOutcome(failed=True, reason=problem.reason, message=f"the manifest probe of {image}: {said}")
     if problem is not None:
         return ProbeOutcome(message=f"the manifest probe of {image} waits: {problem.message}")
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):

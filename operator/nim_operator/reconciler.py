@@ -34,7 +34,7 @@ from nim_operator.integration_status import status_extras
 from nim_operator.integrations import IngressClasses, ingress_problems
 from nim_operator.kube import ChildRejected, KindNotServed, Kube
 from nim_operator.left_behind import LeftBehindFinder
-from nim_operator.manifest_source import DISCOVERING, resolve_manifest
+from nim_operator.manifest_source import DISCOVERING, ManifestChoice, resolve_manifest
 from nim_operator.placement import (
     Placement,
     decide,
@@ -147,6 +147,25 @@ def _api_message(err: client.ApiException) -> str:
 def _same_placement(before: ProfileStatus, now: ProfileStatus) -> bool:
     """Whether a decision kept is placed as before: same profile, GPU products and pools."""
     return before.id == now.id and before.gpu_products == now.gpu_products and before.node_pools == now.node_pools
+
+
+#: How a service whose image chooses its own profile is deployed (the end of its profile reason).
+AS_SPECIFIED = "; deployed with the resources and scheduling given in the spec"
+
+
+def _keep_while_probing(choice: ManifestChoice, previous: NIMServiceStatus | None, generation: int) -> ManifestChoice:
+    """A service already deployed without a manifest (its image could not be asked) stays as it is while the
+    image is asked again, after the retry interval or an operator restart: a probe under way is not news,
+    its answer is (the service is queued again when it comes)."""
+    if previous is None or previous.observed_generation != generation or previous.profile is None:
+        return choice
+    selected = next((c for c in previous.conditions if c.type == "ProfileSelected"), None)
+    ready = next((c for c in previous.conditions if c.type == "Ready"), None)
+    if previous.profile.id or selected is None or selected.reason != "RuntimeSelects":
+        return choice
+    if ready is None or ready.reason == DISCOVERING:  # deployed nothing yet: the first answer is awaited
+        return choice
+    return ManifestChoice(None, previous.profile.reason.removesuffix(AS_SPECIFIED))
 
 
 def _previous_status(body: Mapping[str, Any]) -> NIMServiceStatus | None:
@@ -418,6 +437,8 @@ class Reconciler:
             )
             if choice.refusal is not None:
                 raise _Refusal(choice.refusal)
+            if choice.waiting is not None:
+                choice = _keep_while_probing(choice, previous, generation)
             manifest = choice.manifest
             nodes = selection_nodes(list(self.nodes.values()), self.dra.dra_only(), cordoned=set(self.cordoned))
             decision, pstatus = self._choose(
@@ -622,7 +643,7 @@ class Reconciler:
             return None, profile_status(None, unmanaged_reason=reason)
         if manifest is None:
             # Where the manifest would have come from, and why it did not (see manifest_source).
-            reason = f"{about}; deployed with the resources and scheduling given in the spec"
+            reason = f"{about}{AS_SPECIFIED}"
             return None, profile_status(None, unmanaged_reason=reason)
         inputs = placement_inputs(spec)
         before = previous.profile if previous is not None else None

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from nim_operator.api.spec import Condition, NIMServiceStatus, ProfileStatus
 from nim_operator.kube import PLURALS
-from nim_operator.reconciler import Reconciler
+from nim_operator.manifest_source import DISCOVERING, ManifestChoice
+from nim_operator.reconciler import AS_SPECIFIED, Reconciler, _keep_while_probing
+from nim_operator.status import Failure
 from tests.unit.test_reconciler_pod_events import SERVICE, MemoryKube
 
 
@@ -113,3 +116,38 @@ def test_forget_drops_everything_of_a_deleted_service() -> None:
     reconciler.forget("uid-1", namespace="team-a", name="llama")
     assert len(kube.applied) == 0
     assert reconciler.last_status(SERVICE) is None
+
+
+def _running_without_manifest(reason: str, generation: int = 3) -> NIMServiceStatus:
+    return NIMServiceStatus(
+        state="Ready",
+        observed_generation=generation,
+        profile=ProfileStatus(reason=reason + AS_SPECIFIED),
+        conditions=[
+            Condition(type="Ready", status="True", reason="AllReplicasReady"),
+            Condition(type="ProfileSelected", status="True", reason="RuntimeSelects", message=reason),
+        ],
+    )
+
+
+def test_a_reprobe_leaves_a_service_deployed_without_a_manifest_as_it_was() -> None:
+    """The image is asked again (retry interval, operator restart): the service keeps its text, waits for
+    nothing, and the reason _choose writes is the one already in status (so nothing is rewritten)."""
+    probing = ManifestChoice(None, "waiting for the manifest of x:1", Failure(DISCOVERING, "the probe is starting"))
+    before = _running_without_manifest("the manifest of x:1 is unknown (ErrImagePull: ...)")
+    kept = _keep_while_probing(probing, before, 3)
+    assert kept.waiting is None
+    assert kept.manifest is None
+    assert kept.about + AS_SPECIFIED == before.profile.reason  # type: ignore[union-attr]
+
+
+def test_a_first_probe_or_a_new_generation_or_a_chosen_profile_still_waits() -> None:
+    probing = ManifestChoice(None, "waiting", Failure(DISCOVERING, "the probe is starting"))
+    assert _keep_while_probing(probing, None, 1) is probing
+    assert _keep_while_probing(probing, _running_without_manifest("unknown", generation=2), 3) is probing
+    chosen = _running_without_manifest("unknown")
+    chosen.profile.id = "vllm-fp8-tp1-h100"  # type: ignore[union-attr]
+    assert _keep_while_probing(probing, chosen, 3) is probing
+    first = _running_without_manifest("waiting for the manifest of x:1")
+    first.conditions[0] = Condition(type="Ready", status="False", reason=DISCOVERING)
+    assert _keep_while_probing(probing, first, 3) is probing
