@@ -166,6 +166,26 @@ class MemoryNeed:
         )
 
 
+def _bytes_per_gpu(
+    parameters_billions: float,
+    layers: int,
+    kv_heads: int,
+    head_dim: int,
+    precision: str,
+    kv_bytes: float,
+    tp: int,
+    pp: int,
+) -> tuple[float, float]:
+    """One GPU's share of the weights, and of the KV cache per token, in bytes.
+
+    KV heads are split across tensor-parallel ranks but never below one per rank (with tp above the
+    model's KV heads, heads are replicated); layers are split across pipeline stages.
+    """
+    weights = parameters_billions * 1e9 * WEIGHT_BYTES[precision] / (tp * pp)
+    per_token = 2 * math.ceil(layers / pp) * math.ceil(kv_heads / tp) * head_dim * kv_bytes
+    return weights, per_token
+
+
 def memory_need(
     *,
     parameters_billions: float,
@@ -180,12 +200,8 @@ def memory_need(
 ) -> MemoryNeed:
     """Per-GPU memory for weights split over tp x pp, one sequence's KV cache at ``context`` tokens
     (vLLM refuses to start when the cache cannot hold one sequence of the maximum length), and overhead.
-
-    KV heads are split across tensor-parallel ranks but never below one per rank (with tp above the
-    model's KV heads, heads are replicated); layers are split across pipeline stages.
     """
-    weights = parameters_billions * 1e9 * WEIGHT_BYTES[precision] / (tp * pp)
-    per_token = 2 * math.ceil(layers / pp) * math.ceil(kv_heads / tp) * head_dim * kv_bytes
+    weights, per_token = _bytes_per_gpu(parameters_billions, layers, kv_heads, head_dim, precision, kv_bytes, tp, pp)
     kv = per_token * context
     mib = 1024 * 1024
     total = (weights + kv) / mib + ENGINE_OVERHEAD_MIB
@@ -211,8 +227,10 @@ def context_that_fits(
 ) -> int:
     """The longest context whose KV cache fits beside the weights in ``memory_mib`` per GPU (0: none)."""
     usable = memory_mib * GPU_MEMORY_UTILIZATION - ENGINE_OVERHEAD_MIB
-    weights = parameters_billions * 1e9 * WEIGHT_BYTES[precision] / (tp * pp) / (1024 * 1024)
-    per_token = 2 * math.ceil(layers / pp) * math.ceil(kv_heads / tp) * head_dim * kv_bytes / (1024 * 1024)
+    weight_bytes, token_bytes = _bytes_per_gpu(
+        parameters_billions, layers, kv_heads, head_dim, precision, kv_bytes, tp, pp
+    )
+    weights, per_token = weight_bytes / (1024 * 1024), token_bytes / (1024 * 1024)
     if usable <= weights or per_token <= 0:
         return 0
     return int((usable - weights) / per_token)
