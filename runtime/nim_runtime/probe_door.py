@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 8192
 #: Seconds an idle connection (or one sending a probe's head this slowly) is kept: uvicorn's keep-alive.
 KEEP_ALIVE_SECONDS = 5.0
+#: Seconds the kernel holds a new connection that has sent nothing before handing it to accept() anyway.
+DEFER_ACCEPT_SECONDS = 5
 #: Seconds the thread sleeps at most between sweeps for idle connections.
 SWEEP_SECONDS = 1.0
 _PREFIX = b"GET /v1/health/"
@@ -133,6 +135,9 @@ def bind_listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "TCP_DEFER_ACCEPT") and family in (socket.AF_INET, socket.AF_INET6):
+                # accept() returns once the request is there, so the door wakes once per probe, not twice
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -243,6 +248,7 @@ class ProbeDoor:
             held = _Held(sock=sock, client=(str(address[0]), int(address[1])), last_active=time.monotonic())
             self._held[sock.fileno()] = held
             self._selector.register(sock, selectors.EVENT_READ, held)
+            self._read(held)  # the request is usually there already (TCP_DEFER_ACCEPT): answer it now
 
     def _read(self, held: _Held) -> None:
         try:
