@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from nim_operator import constants as c
 from nim_operator import metrics
-from nim_operator.api.coverage import UNSUPPORTED_REASON, unsupported_message
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
 from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount, profile_not_held
@@ -429,9 +428,6 @@ class Reconciler:
         try:
             spec = _parse_spec(body)
             self._remember_mount((owner.namespace, owner.name), spec)
-            if (unsupported := unsupported_message(spec)) is not None:
-                # Retried on every pass (not InvalidSpec): an operator that builds the field takes over.
-                raise _Refusal(Failure(UNSUPPORTED_REASON, unsupported))
             choice = resolve_manifest(
                 self.kube, self.discovery, owner.namespace, owner.name, spec, runtime_repository=self.runtime_repository
             )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nim_operator.api.coverage import IGNORED_CONDITION, UNSUPPORTED_REASON, ignored, not_built
+from nim_operator.api.coverage import IGNORED_CONDITION, ignored
 from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.render import Owner
 from nim_operator.status import compute_status
@@ -23,18 +23,6 @@ EPP = {"containerSpec": {"name": "epp", "image": {"repository": "epp", "tag": "v
 
 def _spec(**fields: Any) -> NIMServiceSpec:
     return NIMServiceSpec.model_validate({"image": IMAGE, **fields})
-
-
-@pytest.mark.parametrize(
-    ("fields", "named"),
-    [
-        ({"podAffinity": {}}, ["spec.podAffinity"]),
-    ],
-)
-def test_each_field_not_built_is_named(fields: dict[str, Any], named: list[str]) -> None:
-    found = not_built(_spec(**fields))
-    assert [u.field for u in found] == named
-    assert all("does not build yet" in u.message and u.field in u.message for u in found)
 
 
 @pytest.mark.parametrize(
@@ -55,10 +43,8 @@ def test_each_field_not_built_is_named(fields: dict[str, Any], named: list[str])
         {"expose": {"service": {"grpcPort": 50051, "metricsPort": 8002}}},
     ],
 )
-def test_fields_that_are_built_are_not_named(fields: dict[str, Any]) -> None:
-    spec = _spec(**fields)
-    assert not_built(spec) == []
-    assert ignored(spec) == []
+def test_fields_that_are_built_are_not_reported_as_ignored(fields: dict[str, Any]) -> None:
+    assert ignored(_spec(**fields)) == []
 
 
 @pytest.mark.parametrize(
@@ -136,21 +122,47 @@ def test_ignored_fields_condition_is_present_only_while_something_is_ignored() -
     assert IGNORED_CONDITION not in {c.type for c in plain.conditions}
 
 
-def test_reconciler_fails_a_field_it_does_not_build_and_applies_nothing() -> None:
-    reconciler, kube, events = _reconciler()
+POD_AFFINITY = {
+    "preferredDuringSchedulingIgnoredDuringExecution": [
+        {
+            "weight": 50,
+            "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"app": "vector-db"}},
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }
+    ]
+}
+DEPLOYMENT = "/apis/apps/v1/namespaces/team-a/deployments/llama"
+
+
+def test_reconciler_renders_nvidias_deprecated_pod_affinity_into_the_pods() -> None:
+    """NVIDIA's operator accepts ``spec.podAffinity`` and drops it; ours co-locates as asked."""
+    reconciler, kube, _ = _reconciler()
     body = copy.deepcopy(SERVICE)
-    body["spec"]["podAffinity"] = {}
+    body["spec"]["podAffinity"] = POD_AFFINITY
     outcome = reconciler.reconcile(body)
-    assert outcome.status.state == "Failed"
-    failed = next(c for c in outcome.status.conditions if c.type == "Failed")
-    assert failed.reason == UNSUPPORTED_REASON
-    assert "spec.podAffinity asks for pod affinity rules" in failed.message
-    assert kube.objects == {}, "nothing is applied"
-    assert ("Warning", UNSUPPORTED_REASON, failed.message) in events
-    body["status"] = kube.status_writes[-1]
-    again = reconciler.reconcile(body)
-    assert again.status == outcome.status
-    assert not again.status_written, "the same failure is not written again"
+    assert outcome.status.state != "Failed", outcome.status
+    affinity = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["affinity"]
+    assert affinity["podAffinity"] == POD_AFFINITY
+    assert IGNORED_CONDITION not in {c.type for c in outcome.status.conditions}
+
+
+def test_affinity_pod_affinity_wins_over_the_deprecated_field_and_says_so() -> None:
+    reconciler, kube, _ = _reconciler()
+    body = copy.deepcopy(SERVICE)
+    ours = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            POD_AFFINITY["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+        ]
+    }
+    body["spec"]["podAffinity"] = POD_AFFINITY
+    body["spec"]["affinity"] = {"podAffinity": ours}
+    outcome = reconciler.reconcile(body)
+    assert kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["affinity"]["podAffinity"] == ours
+    condition = next(c for c in outcome.status.conditions if c.type == IGNORED_CONDITION)
+    assert condition.reason == "Superseded"
+    assert "spec.podAffinity is ignored: spec.affinity.podAffinity is set" in condition.message
 
 
 def _samples() -> list[tuple[str, dict[str, Any]]]:
@@ -163,13 +175,8 @@ def _samples() -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="NVIDIA's samples are not beside this checkout")
-def test_nvidia_samples_that_ask_for_what_is_not_built_are_told_so() -> None:
-    """Every sample parses, and every field of theirs is built now: multi-node, DRA, routers, KServe."""
-    named = {path: [u.field for u in not_built(NIMServiceSpec.model_validate(spec))] for path, spec in _samples()}
-    assert len(named) >= 20
-    for path, fields in named.items():
-        if path.startswith(("serving/advanced/", "serving/kserve/", "serving/standalone/routers/")):
-            assert fields == [], f"{path}: {fields}"
-    assert named["serving/advanced/multi-node/multi-node-nimservice.yaml"] == []
-    assert named["serving/advanced/dra/manual/llm.yaml"] == []
-    assert named["serving/standalone/basic/llm.yaml"] == []
+def test_every_nvidia_sample_parses_and_none_is_reported_superseded() -> None:
+    """Every sample's spec is ours to build: none sets a field that another of its fields overrides."""
+    reported = {path: [i.reason for i in ignored(NIMServiceSpec.model_validate(spec))] for path, spec in _samples()}
+    assert len(reported) >= 20
+    assert all("Superseded" not in reasons for reasons in reported.values()), reported

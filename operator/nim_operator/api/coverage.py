@@ -1,42 +1,21 @@
 """Which accepted fields this operator version does not act on. Pure.
 
-Admission takes NVIDIA's whole NIMService schema, so no manifest of theirs fails on a field name. What the
-operator does not build must still not pass in silence:
-
-- ``not_built``: fields that change what runs or how it is reached (a multi-node group, DRA claims, a
-  KServe InferenceService, routes, extra containers ...). Serving without them would be a different
-  service than the one asked for, so the NIMService fails with reason ``UnsupportedField``, naming the
-  field, what it asks for and how to do without it. Nothing is applied.
-- ``ignored``: fields whose absence of effect leaves the service as asked (``replicas`` under an
-  autoscaler, annotations of children). They are listed in a ``FieldsIgnored`` condition, present only
-  while there is something to say.
-
-When a field gets built, its entry leaves ``_NOT_BUILT`` or ``ignored``; nothing else has to change.
+Admission takes NVIDIA's whole NIMService schema, so no manifest of theirs fails on a field name, and every
+field that changes what runs or how it is reached is built. What remains are fields whose absence of
+effect leaves the service as asked (``replicas`` under an autoscaler, annotations of children, the parts
+of an MPI launch): they must still not pass in silence, so :func:`ignored` lists them for the
+``FieldsIgnored`` condition, present only while there is something to say. When one gets built, its entry
+leaves :func:`ignored`; nothing else has to change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from nim_operator.api.kserve import deployment_mode
 from nim_operator.api.spec import NIMServiceSpec
 
-UNSUPPORTED_REASON = "UnsupportedField"
 IGNORED_CONDITION = "FieldsIgnored"
-
-
-@dataclass(frozen=True)
-class Unbuilt:
-    """A set field that asks for something this operator version does not build."""
-
-    field: str
-    asks_for: str
-    without_it: str
-
-    @property
-    def message(self) -> str:
-        return f"{self.field} asks for {self.asks_for}, which this operator does not build yet; {self.without_it}"
 
 
 @dataclass(frozen=True)
@@ -56,38 +35,18 @@ def _router_path(spec: NIMServiceSpec) -> str:
     return "spec.expose.router" if spec.expose.router is not None else "spec.router"
 
 
-_Check = Callable[[NIMServiceSpec], bool]
-
-# (field, is it set, what it asks for, how to do without it)
-_NOT_BUILT: tuple[tuple[str, _Check, str, str], ...] = (
-    (
-        "spec.podAffinity",
-        lambda s: s.pod_affinity is not None,
-        "pod affinity rules",
-        "move them to spec.affinity.podAffinity",
-    ),
-)
-
-
-def not_built(spec: NIMServiceSpec) -> list[Unbuilt]:
-    """The set fields that ask for something not built, in the order of ``_NOT_BUILT``."""
-    router = _router_path(spec)
-    return [
-        Unbuilt(field.format(router=router), asks_for, without_it)
-        for field, is_set, asks_for, without_it in _NOT_BUILT
-        if is_set(spec)
-    ]
-
-
-def unsupported_message(spec: NIMServiceSpec) -> str | None:
-    """One message naming every field not built, or None when everything set is built."""
-    found = not_built(spec)
-    return "; ".join(u.message for u in found) if found else None
-
-
 def ignored(spec: NIMServiceSpec) -> list[Ignored]:
     """The set fields without effect: accepted as NVIDIA accepts them, and said so in status."""
     out: list[Ignored] = []
+    affinity = spec.affinity or {}
+    if spec.pod_affinity is not None and "podAffinity" in affinity:
+        out.append(
+            Ignored(
+                "spec.podAffinity",
+                "Superseded",
+                "spec.affinity.podAffinity is set and takes its place (spec.podAffinity is deprecated by NVIDIA)",
+            )
+        )
     if spec.replicas is not None and spec.autoscaling:
         out.append(
             Ignored(

@@ -292,7 +292,9 @@ class NIMServiceSpec(_Model):
         "Pod tolerations; the GPU taint is tolerated automatically for GPU pods."
     )
     affinity: dict[str, Any] | None = k8s_object("core/v1 Affinity, merged with the profile's node affinity.")
-    pod_affinity: dict[str, Any] | None = k8s_object("core/v1 PodAffinity (deprecated by NVIDIA: use affinity).")
+    pod_affinity: dict[str, Any] | None = k8s_object(
+        "core/v1 PodAffinity, NVIDIA's deprecated spelling of affinity.podAffinity (which wins when both are set)."
+    )
     runtime_class_name: str | None = Field(default=None, description="Pod runtimeClassName.")
     priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
     scheduler_name: str | None = Field(default=None, description="Pod schedulerName.")

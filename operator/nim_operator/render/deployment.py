@@ -156,6 +156,9 @@ def _affinity(spec: NIMServiceSpec, placement: Placement) -> dict[str, Any] | No
     Karpenter reads the first term and relaxes to the next; the scheduler takes any.
     """
     affinity = copy.deepcopy(spec.affinity) if spec.affinity else {}
+    if spec.pod_affinity is not None and "podAffinity" not in affinity:
+        # NVIDIA's deprecated spelling of the same rules; their operator accepts it and renders nothing
+        affinity["podAffinity"] = copy.deepcopy(spec.pod_affinity)
     alternatives = [
         [{"key": key, "operator": op, "values": list(values)} for key, op, values in term]
         for term in placement.pool_terms
