@@ -35,7 +35,6 @@ STABLE_SECONDS = 10
 TRANSIENT = frozenset({"DiscoveringManifest", "JobPending", "DeploymentMissing", "ReplicasNotReady", "Downloading"})
 #: What a reason or message names, in the order it is looked for: the piece this cluster lacks.
 MISSING = [
-    (r"spec\.[A-Za-z.]+ asks for|UnsupportedField", "a field not built yet"),
     (r"RuntimeClass|runtimeClassName|kata", "a runtime class"),
     (r"[Kk][Ss]erve", "KServe"),
     (r"[Gg]ateway|HTTPRoute|GRPCRoute|InferencePool", "a Gateway controller"),

@@ -236,7 +236,7 @@ class NIMServiceSpec(_Model):
     """Desired state of a NIMService: every field of NVIDIA's, and ours for profiles and placement.
 
     Where NVIDIA is lenient we are too: ``replicas`` beside autoscaling is accepted and reported as ignored.
-    Fields we accept but do not build yet are named in a Failed condition (see ``api.coverage``).
+    Fields without effect in a given spec are named in a FieldsIgnored condition (see ``api.coverage``).
     """
 
     model_config = rules(
