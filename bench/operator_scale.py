@@ -257,6 +257,11 @@ def run_operator(api: client.ApiClient, count: int, namespaces: list[str], idle:
         "child_applies_per_service": child_writes(first) / count,
         "other_writes_per_service": (writes - child_writes(first)) / count,
         "reads_per_service": first.get("nim_operator_api_reads_total", 0) / count,
+        "writes_per_service_by_kind_verb": {
+            k.partition("{")[2].rstrip("}").replace('"', ""): round(v / count, 3)
+            for k, v in first.items()
+            if k.startswith("nim_operator_api_writes_total{") and v
+        },
         "idle_s": idle,
         "idle_writes": after_idle.get("nim_operator_api_writes_total", 0) - writes,
         "idle_reconciles": after_idle.get("nim_operator_reconciles_total", 0)
@@ -313,6 +318,7 @@ def main() -> int:
         f"({ours['child_applies_per_service']:.2f} child applies, the peer's work too; "
         f"{ours['other_writes_per_service']:.2f} status, Events, dry runs: target <= 3)"
     )
+    print("  by kind and verb:", ours["writes_per_service_by_kind_verb"])
     print(f"API reads / service                 {ours['reads_per_service']:>8.2f}")
     print(f"reconciles / service                {ours['reconciles_per_service']:>8.2f}")
     print(f"operator CPU until all Ready (s)    {ours['cpu_s']:>8.1f}")

@@ -26,6 +26,7 @@ from nim_operator.kube import ChildRejected, Kube
 from nim_operator.left_behind import LeftBehindFinder, cache_claim_selector
 from nim_operator.manifest_probe import probe_request, split_image
 from nim_operator.render.cache import CONTAINER, Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
+from nim_operator.slim import slim
 from nim_operator.status import Failure
 from nim_runtime.profiles import NodeGpuFacts, ScaleUpOption
 
@@ -118,7 +119,7 @@ class CacheReconciler:
         key = cache_of(job)
         if key is not None:
             with self._guard:
-                self._jobs[key] = job
+                self._jobs[key] = slim(job)
         return key
 
     def job_gone(self, job: dict[str, Any]) -> tuple[str, str] | None:
@@ -135,7 +136,7 @@ class CacheReconciler:
         key = cache_of(pod)
         if key is not None:
             with self._guard:
-                self._pods.setdefault(key, {})[pod["metadata"]["name"]] = pod
+                self._pods.setdefault(key, {})[pod["metadata"]["name"]] = slim(pod)
         return key
 
     def pod_gone(self, pod: dict[str, Any]) -> tuple[str, str] | None:

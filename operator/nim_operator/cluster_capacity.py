@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -32,6 +32,8 @@ POOL_KINDS: dict[str, tuple[str, str]] = {
 }
 #: Seconds a listed GPU catalogue is used before it is listed again.
 CATALOG_TTL_SECONDS = 60.0
+#: Pods per page of that list.
+POD_PAGE = 250
 #: Seconds the GPUs held by pods (one list of every pod) are used before they are listed again.
 USAGE_TTL_SECONDS = 10.0
 
@@ -75,13 +77,8 @@ class ClusterCapacity:
         if self.kube is None or self._usage_denied or (not force and now - self._usage_read < USAGE_TTL_SECONDS):
             return
         self._usage_read = now
-        metrics.API_READS.labels("Pod").inc()
         try:
-            items = self.kube.request(
-                "GET",
-                "/api/v1/pods",
-                query=[("fieldSelector", "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")],
-            )["items"]
+            self.usage.replace(self._pods_on_nodes())
         except client.ApiException as err:
             # Free GPUs only inform a decision: a failed list must not fail the reconcile that asked.
             if err.status == 403:
@@ -89,8 +86,21 @@ class ClusterCapacity:
                 log.info("may not list pods cluster-wide: free GPUs are taken to be all allocatable ones")
             else:
                 log.warning("cannot list pods for free GPUs (%s): the last list is used", err.reason)
-            return
-        self.usage.replace(items)
+
+    def _pods_on_nodes(self) -> Iterator[dict[str, Any]]:
+        """Every pod that holds a node, a page at a time: one response of every pod in a large cluster
+        (tens of MB parsed at once) set the operator's peak memory."""
+        assert self.kube is not None
+        token = ""
+        while True:
+            query = [("fieldSelector", "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed")]
+            query += [("limit", str(POD_PAGE)), *([("continue", token)] if token else [])]
+            metrics.API_READS.labels("Pod").inc()
+            page = self.kube.request("GET", "/api/v1/pods", query=query)
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def pool_seen(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> bool:
         """Remember a NodePool (kind ``NodePool``) or node group; whether what placement reads of it changed

@@ -24,6 +24,7 @@ from nim_operator.integrations import IngressClasses
 from nim_operator.placement import node_facts, node_schedulable
 from nim_operator.reconciler import Reconciler
 from nim_operator.render import lws
+from nim_operator.slim import slim
 from nim_operator.triggers import missing_api, node_change_affects, owner_of, spec_level_change
 from nim_operator.workqueue import Resync, Workers, WorkQueue
 
@@ -95,7 +96,7 @@ class Controller:
             return
         with self._guard:
             before = self.services.get(key)
-            self.services[key] = dict(body)
+            self.services[key] = slim(dict(body))
         if spec_level_change(before, body):
             self._queue(Key(c.KIND, *key), "spec")
 
@@ -215,8 +216,8 @@ class Controller:
         else:
             with self._guard:
                 previous = self.cache_bodies.get(key)
-                self.cache_bodies[key] = dict(body)
-            self.reconciler.caches[key] = dict(body)
+                self.cache_bodies[key] = slim(dict(body))
+            self.reconciler.caches[key] = self.cache_bodies[key]
             if spec_level_change(previous, body):
                 self._queue(Key(c.CACHE_KIND, *key), "spec")
         after = self.reconciler.caches.get(key)

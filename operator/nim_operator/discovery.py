@@ -38,6 +38,7 @@ from nim_operator.manifest_probe import (
     read_probe,
     render_probe_job,
 )
+from nim_operator.slim import slim
 from nim_runtime.profiles import ImageListing, ImageManifest, ManifestFormatError, RuntimeListing, parse_listing
 
 log = logging.getLogger(__name__)
@@ -311,11 +312,11 @@ class ManifestDiscovery:
                         # watch of this image stops re-running them (a new probe registers them again).
                         self._waiters.pop(hashed, None)
                 else:
-                    self._jobs[hashed] = obj
+                    self._jobs[hashed] = slim(obj)
             elif deleted:
                 self._pods.get(hashed, {}).pop(name, None)
             else:
-                self._pods.setdefault(hashed, {})[name] = obj
+                self._pods.setdefault(hashed, {})[name] = slim(obj)
             return waiters
 
     def forget_waiter(self, waiter: Waiter) -> None:

@@ -55,6 +55,7 @@ from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
 from nim_operator.render.deployment import pvc_name
 from nim_operator.render.router import ROUTED_CONDITION, route_refusal
+from nim_operator.slim import owns_replicas, slim
 from nim_operator.status import Failure, Note, compute_status
 from nim_operator.storage_notes import storage_notes
 from nim_operator.workload import (
@@ -195,11 +196,7 @@ def _rollout_view(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def _replicas_owners(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The managedFields entries that own ``spec.replicas``."""
-    return [
-        entry
-        for entry in deployment.get("metadata", {}).get("managedFields") or []
-        if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
-    ]
+    return [entry for entry in deployment.get("metadata", {}).get("managedFields") or [] if owns_replicas(entry)]
 
 
 def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
@@ -331,14 +328,14 @@ class Reconciler:
         meta = deployment["metadata"]
         key = (meta["namespace"], meta["name"])
         before = self._deployments.get(key)
-        self._deployments[key] = deployment
+        self._deployments[key] = slim(deployment)
         drifted = self.kube.observe(deployment)
         return drifted or before is None or _rollout_view(before) != _rollout_view(deployment)
 
     def group_seen(self, service: tuple[str, str], group: dict[str, Any]) -> None:
         """A LeaderWorkerSet from the watch, keyed by its NIMService: status reads it instead of a GET."""
         with self._guard:
-            self._groups[service] = group
+            self._groups[service] = slim(group)
         self.kube.observe(group)
 
     def group_gone(self, service: tuple[str, str], name: str) -> None:
@@ -364,7 +361,7 @@ class Reconciler:
         with self._guard:
             pods = self._pods.setdefault(key, {})
             before = pods.get(meta["name"])
-            pods[meta["name"]] = pod
+            pods[meta["name"]] = slim(pod)
         if before is not None and pod_health(before) == pod_health(pod):
             return None
         return key
