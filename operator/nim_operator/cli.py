@@ -16,7 +16,9 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from nim_operator import handlers  # noqa: F401  (registers the handlers)
+    from nim_operator.malloc_arenas import limit_arenas
 
+    limit_arenas()
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.metrics_port:
