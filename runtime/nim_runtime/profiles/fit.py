@@ -107,29 +107,28 @@ def _kv_bytes(profile: Profile) -> float:
     return max(hw.WEIGHT_BYTES[profile.precision], 2)
 
 
-def _arch_args(manifest: ProfileSet, profile: Profile) -> dict[str, float | int | str] | None:
+def _split(manifest: ProfileSet, profile: Profile) -> hw.Split | None:
     arch = manifest.architecture
     if arch is None:
         return None
-    kv_heads = arch.kv_heads
-    return {
-        "parameters_billions": arch.parameters_billions,
-        "layers": arch.layers,
+    return hw.Split(
+        parameters_billions=arch.parameters_billions,
+        layers=arch.layers,
+        kv_heads=arch.kv_heads,
         # An encoder (embedding task) keeps no KV cache.
-        "kv_heads": kv_heads,
-        "head_dim": arch.head_dim if manifest.task != "embedding" else 0,
-        "precision": profile.precision,
-        "kv_bytes": _kv_bytes(profile),
-        "tp": profile.tp,
-        "pp": profile.pp,
-    }
+        head_dim=arch.head_dim if manifest.task != "embedding" else 0,
+        precision=profile.precision,
+        kv_bytes=_kv_bytes(profile),
+        tp=profile.tp,
+        pp=profile.pp,
+    )
 
 
 def needs_of(manifest: ProfileSet, profile: Profile, context_cap: int | None = None) -> ProfileNeeds:
     memory = None
-    args = _arch_args(manifest, profile)
-    if args is not None and profile.device == "gpu":
-        memory = hw.memory_need(context=context_of(manifest, profile, context_cap), **args)  # type: ignore[arg-type]
+    split = _split(manifest, profile)
+    if split is not None and profile.device == "gpu":
+        memory = hw.memory_need(split, context=context_of(manifest, profile, context_cap))
     floors = [m for m in (profile.min_gpu_memory_mib, memory.total_mib if memory else None) if m is not None]
     return ProfileNeeds(
         gpus=profile.gpus,
@@ -150,8 +149,8 @@ def _memory_misfit(manifest: ProfileSet, profile: Profile, needs: ProfileNeeds, 
     if memory is None or memory.total_mib < needs.min_memory_mib:
         return f"has {memory_mib} MiB per GPU, needs {needs.min_memory_mib}"
     why = f"has {memory_mib} MiB per GPU, needs {memory.explain()}"
-    args = _arch_args(manifest, profile)
-    fits = hw.context_that_fits(memory_mib, **args) if args else 0  # type: ignore[arg-type]
+    split = _split(manifest, profile)
+    fits = hw.context_that_fits(memory_mib, split) if split else 0
     if fits >= 1024 and (profile.min_gpu_memory_mib or 0) <= memory_mib:
         why += f"; NIM_MAX_MODEL_LEN={fits // 1024 * 1024} in spec.env would fit"
     return why

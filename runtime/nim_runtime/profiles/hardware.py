@@ -166,42 +166,36 @@ class MemoryNeed:
         )
 
 
-def _bytes_per_gpu(
-    parameters_billions: float,
-    layers: int,
-    kv_heads: int,
-    head_dim: int,
-    precision: str,
-    kv_bytes: float,
-    tp: int,
-    pp: int,
-) -> tuple[float, float]:
-    """One GPU's share of the weights, and of the KV cache per token, in bytes.
+@dataclass(frozen=True)
+class Split:
+    """A model's shape (size, layers, KV heads) laid over a profile's GPUs (precision, tp x pp)."""
 
-    KV heads are split across tensor-parallel ranks but never below one per rank (with tp above the
-    model's KV heads, heads are replicated); layers are split across pipeline stages.
-    """
-    weights = parameters_billions * 1e9 * WEIGHT_BYTES[precision] / (tp * pp)
-    per_token = 2 * math.ceil(layers / pp) * math.ceil(kv_heads / tp) * head_dim * kv_bytes
-    return weights, per_token
+    parameters_billions: float
+    layers: int
+    kv_heads: int
+    head_dim: int
+    precision: str
+    kv_bytes: float
+    tp: int
+    pp: int
+
+    def bytes_per_gpu(self) -> tuple[float, float]:
+        """One GPU's share of the weights, and of the KV cache per token, in bytes.
+
+        KV heads are split across tensor-parallel ranks but never below one per rank (with tp above the
+        model's KV heads, heads are replicated); layers are split across pipeline stages.
+        """
+        weights = self.parameters_billions * 1e9 * WEIGHT_BYTES[self.precision] / (self.tp * self.pp)
+        layers_per_stage = math.ceil(self.layers / self.pp)
+        per_token = 2 * layers_per_stage * math.ceil(self.kv_heads / self.tp) * self.head_dim * self.kv_bytes
+        return weights, per_token
 
 
-def memory_need(
-    *,
-    parameters_billions: float,
-    layers: int,
-    kv_heads: int,
-    head_dim: int,
-    precision: str,
-    kv_bytes: float,
-    tp: int,
-    pp: int,
-    context: int,
-) -> MemoryNeed:
+def memory_need(split: Split, *, context: int) -> MemoryNeed:
     """Per-GPU memory for weights split over tp x pp, one sequence's KV cache at ``context`` tokens
     (vLLM refuses to start when the cache cannot hold one sequence of the maximum length), and overhead.
     """
-    weights, per_token = _bytes_per_gpu(parameters_billions, layers, kv_heads, head_dim, precision, kv_bytes, tp, pp)
+    weights, per_token = split.bytes_per_gpu()
     kv = per_token * context
     mib = 1024 * 1024
     total = (weights + kv) / mib + ENGINE_OVERHEAD_MIB
@@ -213,23 +207,10 @@ def memory_need(
     )
 
 
-def context_that_fits(
-    memory_mib: int,
-    *,
-    parameters_billions: float,
-    layers: int,
-    kv_heads: int,
-    head_dim: int,
-    precision: str,
-    kv_bytes: float,
-    tp: int,
-    pp: int,
-) -> int:
+def context_that_fits(memory_mib: int, split: Split) -> int:
     """The longest context whose KV cache fits beside the weights in ``memory_mib`` per GPU (0: none)."""
     usable = memory_mib * GPU_MEMORY_UTILIZATION - ENGINE_OVERHEAD_MIB
-    weight_bytes, token_bytes = _bytes_per_gpu(
-        parameters_billions, layers, kv_heads, head_dim, precision, kv_bytes, tp, pp
-    )
+    weight_bytes, token_bytes = split.bytes_per_gpu()
     weights, per_token = weight_bytes / (1024 * 1024), token_bytes / (1024 * 1024)
     if usable <= weights or per_token <= 0:
         return 0
