@@ -72,6 +72,13 @@ def select_our_objects(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["v1", "pods"] = OURS
 
 
+#: Seconds kopf keeps an object's worker after its last event (kopf's default is 5). An idle worker still
+#: holds that event's whole parsed body; when a thousand services start at once, their Deployments' and
+#: pods' bodies held this way were the creation burst's peak of memory. Our handlers only queue a
+#: reconcile, so a worker restarted for the next event costs little.
+WORKER_IDLE_SECONDS = 0.5
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our Events are posted by the reconcilers themselves
@@ -80,6 +87,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.connect_timeout = 5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     tolerate_vanishing_resources()
     select_our_objects(settings)
 
