@@ -16,9 +16,9 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from nim_operator import handlers  # noqa: F401  (registers the handlers)
-    from nim_operator.malloc_arenas import limit_arenas
+    from nim_operator.malloc_settings import tune_malloc
 
-    limit_arenas()
+    tune_malloc()
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     if args.metrics_port:
