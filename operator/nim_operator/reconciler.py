@@ -55,7 +55,7 @@ from nim_operator.render import Child, Owner, render_children
 from nim_operator.render import lws as lws_render
 from nim_operator.render.deployment import pvc_name
 from nim_operator.render.router import ROUTED_CONDITION, route_refusal
-from nim_operator.slim import owns_replicas, slim
+from nim_operator.slim import owns_replicas, slim, slim_deployment, slim_pod
 from nim_operator.status import Failure, Note, compute_status
 from nim_operator.storage_notes import storage_notes
 from nim_operator.workload import (
@@ -328,7 +328,7 @@ class Reconciler:
         meta = deployment["metadata"]
         key = (meta["namespace"], meta["name"])
         before = self._deployments.get(key)
-        self._deployments[key] = slim(deployment)
+        self._deployments[key] = slim_deployment(deployment)
         drifted = self.kube.observe(deployment)
         return drifted or before is None or _rollout_view(before) != _rollout_view(deployment)
 
@@ -361,7 +361,7 @@ class Reconciler:
         with self._guard:
             pods = self._pods.setdefault(key, {})
             before = pods.get(meta["name"])
-            pods[meta["name"]] = slim(pod)
+            pods[meta["name"]] = slim_pod(pod)
         if before is not None and pod_health(before) == pod_health(pod):
             return None
         return key

@@ -6,6 +6,10 @@ it set) is a large share of such an object, and kubectl's last-applied annotatio
 spec; at 1,000 services they were most of the operator's memory. The one fact read from managedFields,
 which managers own a Deployment's ``spec.replicas`` (the hand-over to an autoscaler), is kept in reduced
 entries that say just that.
+
+Deployments and pods of NIMServices, one or more per service, are also kept without the pod spec that no
+decision reads of them (two thirds of each object as Python holds it): status reads a Deployment's counts
+and a pod's state, and of a pod's spec only its containers' resources (an OOM-killed container's limit).
 """
 
 from __future__ import annotations
@@ -40,3 +44,28 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     if LAST_APPLIED in annotations:
         kept["annotations"] = {key: value for key, value in annotations.items() if key != LAST_APPLIED}
     return {**obj, "metadata": kept}
+
+
+def slim_deployment(deployment: dict[str, Any]) -> dict[str, Any]:
+    """:func:`slim`, and without ``spec.template``: what a Deployment is kept as between reconciles."""
+    kept = slim(deployment)
+    spec = kept.get("spec")
+    if not isinstance(spec, dict) or "template" not in spec:
+        return kept
+    return {**kept, "spec": {key: value for key, value in spec.items() if key != "template"}}
+
+
+def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """:func:`slim`, with a spec of the node and the containers' names and resources only."""
+    kept = slim(pod)
+    spec = kept.get("spec")
+    if not isinstance(spec, dict):
+        return kept
+    containers = [
+        {key: container[key] for key in ("name", "resources") if key in container}
+        for container in spec.get("containers") or []
+    ]
+    reduced: dict[str, Any] = {"containers": containers}
+    if "nodeName" in spec:
+        reduced["nodeName"] = spec["nodeName"]
+    return {**kept, "spec": reduced}
