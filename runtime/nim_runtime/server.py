@@ -48,8 +48,8 @@ ENGINE_DEAD_EXIT_SECONDS = 2.0
 #: 0.005). The probe door's thread takes the GIL three or four times per probe, each time waiting for the
 #: busy event loop to give it up; at the default that alone could pass the 5 ms a probe may take. Only
 #: threads that wait for the GIL make the loop give it up, and the door waits only while it answers.
-#: 0.1 ms rather than 0.5 ms: health p99 under 32 streams was below 5 ms in 9 of 12 readings instead of
-#: 4 of 12, with throughput unchanged (0.987 of vLLM's in the same run; README Results).
+#: 0.1 ms rather than 0.5 ms: health p99 under 32 streams was below 5 ms in 23 of 28 readings instead of
+#: 4 of 12, with throughput unchanged (0.987 and 1.106 of vLLM's in two same-run benchmarks; README Results).
 SWITCH_INTERVAL_SECONDS = 0.0001
 
 
