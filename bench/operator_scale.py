@@ -95,6 +95,11 @@ def make_namespaces(core: client.CoreV1Api, prefix: str, count: int) -> list[str
     return names
 
 
+def bench_namespaces(core: client.CoreV1Api) -> list[str]:
+    """Namespaces this benchmark made that still exist (terminating ones included)."""
+    return [ns.metadata.name for ns in core.list_namespace(label_selector=BENCH_LABEL).items]
+
+
 def count_ready(apps: client.AppsV1Api, namespaces: list[str]) -> int:
     total = 0
     for ns in namespaces:
@@ -331,12 +336,16 @@ def main() -> int:
     wait(lambda: not core.list_node(label_selector=BENCH_LABEL).items, 120, "old bench nodes to go")
     for n in range(10):
         core.create_node(bench_node(f"bench-node-{n}", pods=room))
+    wait(lambda: not bench_namespaces(core), 900, "namespaces of an earlier run to go")
     load_before = os.getloadavg()[0]
     try:
         peer_ns = make_namespaces(core, "bench-peer", args.namespaces)
         peer = run_peer(api, args.count, peer_ns)
         for ns in peer_ns:
             core.delete_namespace(ns)
+        # The peer's children carry our labels: an operator started beside them would list and watch a
+        # thousand objects it does not own, and its memory would say so.
+        wait(lambda: not bench_namespaces(core), 900, "the peer's namespaces to go")
         ours_ns = make_namespaces(core, "bench-op", args.namespaces)
         ours = run_operator(api, args.count, ours_ns, args.idle)
         for ns in ours_ns:
