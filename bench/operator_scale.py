@@ -164,8 +164,8 @@ def _up(port: int) -> bool:
     return True
 
 
-class PeakRss:
-    """The operator process's peak resident memory (the kernel's high-water mark, read at the end)."""
+class ProcessStats:
+    """What the kernel says of the operator process: its memory (peak or now) and CPU time."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -189,10 +189,10 @@ class RssTimeline:
         self.started = time.monotonic()
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, args=(PeakRss(pid),), daemon=True)
+        self._thread = threading.Thread(target=self._sample, args=(ProcessStats(pid),), daemon=True)
         self._thread.start()
 
-    def _sample(self, rss: PeakRss) -> None:
+    def _sample(self, rss: ProcessStats) -> None:
         while not self._stop.wait(0.5):
             self.samples.append((time.monotonic() - self.started, rss.read("VmRSS")))
 
@@ -251,10 +251,9 @@ def run_operator(api: client.ApiClient, count: int, namespaces: list[str], idle:
         ready = time.monotonic() - start
         time.sleep(5)
         first = scrape(port)
-        rss = PeakRss(proc.pid).read()
-        rss_when_ready = PeakRss(proc.pid).read("VmRSS")
+        stats = ProcessStats(proc.pid)
+        rss, rss_when_ready, cpu = stats.read(), stats.read("VmRSS"), stats.cpu_seconds()
         peak_at, peak_sampled = timeline.stop()
-        cpu = PeakRss(proc.pid).cpu_seconds()
         # Idle, with heartbeats; a GPU node of a new product joins halfway and leaves at the end.
         time.sleep(idle / 2)
         core.create_node(bench_node("bench-gpu-join", pods=110, gpu_product="NVIDIA-A100-SXM4-80GB"))
