@@ -3,16 +3,21 @@
 A NIMService or NIMCache asks :meth:`ManifestDiscovery.lookup` on each reconcile. The first ask starts
 the probe (see :mod:`manifest_probe`) in the asker's namespace, where its pull secrets are; later asks,
 from any namespace, wait for that probe and then read the answer from memory. The answer is also kept
-in a ConfigMap beside the probe, so a restarted operator does not probe again. The Job is deleted once
-its log is read.
+in a ConfigMap beside the probe, and the Job is deleted once its log is read.
 
 A probe that fails (an image that cannot be pulled, a log that cannot be read, a deadline) is an
 answer too: the image's manifest is unknown, and the askers go on without it, saying so in status. It
-is remembered for ``retry_seconds``, so a fixed pull secret is picked up later without a Job storm.
+is remembered for ``retry_seconds``, so a fixed pull secret is picked up later without a Job storm. A
+probe whose Job ended (failed, or finished with a log that cannot be used) keeps its Job as the record
+of that failure until the Job's TTL removes it; a pod stuck pulling is stopped (its Job deleted).
+
+A restarted operator learns both records from the start-up listing of its children (:meth:`seen`), so
+it neither probes again nor asks per image: a restart writes nothing here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -211,8 +216,12 @@ class ManifestDiscovery:
         name = object_name(key)
         with self._guard:
             job = self._jobs.get(key_hash(key))
-        if job is None or job["metadata"].get("namespace") != request.namespace:
+        if job is None:
             job = self.kube.get("batch/v1", "Job", request.namespace, name)
+        elif (where := job["metadata"].get("namespace")) and where != request.namespace:
+            # An ended probe elsewhere (its failure kept until the Job's TTL) answers for every namespace,
+            # as its answer in memory does: read there, not probed again here.
+            request = dataclasses.replace(request, namespace=where)
         if job is None or job["metadata"].get("deletionTimestamp"):
             with self._guard:
                 self._answered.discard(key_hash(key))
@@ -229,7 +238,7 @@ class ManifestDiscovery:
             self._probing[key] = request.namespace
         outcome = read_probe(job, self._pods_of(request.namespace, key, job), request.image)
         if outcome.failed:
-            self._finish(request)
+            self._finish(request, keep_job=outcome.ended)
             return self._fail(request, outcome.reason, outcome.message)
         if outcome.done_pod is None:
             return Probing(request.image, outcome.message)
@@ -241,7 +250,7 @@ class ManifestDiscovery:
                 request.namespace, pod, CONTAINER, limit_bytes=LOG_LIMIT_BYTES, timeout=LOG_TIMEOUT_SECONDS
             )
         except (client.ApiException, OSError, ValueError) as err:
-            self._finish(request)
+            self._finish(request, keep_job=True)
             why = f"{err.status} {err.reason}" if isinstance(err, client.ApiException) else repr(err)
             return self._fail(
                 request,
@@ -251,7 +260,7 @@ class ManifestDiscovery:
         try:
             listing = parse_listing(text, image=request.image)
         except (ManifestFormatError, ValidationError) as err:
-            self._finish(request)
+            self._finish(request, keep_job=True)
             return self._fail(request, "InvalidManifest", f"the manifest of {request.image} cannot be used: {err}")
         known = Known(request.image, listing, digest, _age_seconds(job))
         try:
@@ -272,11 +281,14 @@ class ManifestDiscovery:
         log.info("manifest of %s is unknown: %s", request.image, message)
         return unknown
 
-    def _finish(self, request: ProbeRequest) -> None:
-        """The probe has answered: its Job (and pod) go, from the cluster and from memory."""
+    def _finish(self, request: ProbeRequest, *, keep_job: bool = False) -> None:
+        """The probe has answered: its Job (and pod) go, from the cluster and from memory, unless the Job is
+        kept as the record of a failure (the Job controller removes it after its TTL)."""
         with self._guard:
             self._answered.add(key_hash(request.key))
             self._probing.pop(request.key, None)
+            if keep_job:
+                return
             self._jobs.pop(key_hash(request.key), None)
             self._pods.pop(key_hash(request.key), None)
         self.kube.delete("batch/v1", "Job", request.namespace, object_name(request.key))
@@ -294,6 +306,18 @@ class ManifestDiscovery:
         return [
             p for p in pods if not uid or any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
         ]
+
+    def seen(self, obj: dict[str, Any]) -> None:
+        """A probe Job or answer ConfigMap an earlier run left, from the start-up listing (before any
+        reconcile): a failed probe's kept Job and a kept answer are both known without asking again."""
+        if obj.get("kind") == "ConfigMap":
+            data = obj.get("data") or {}
+            known = _from_record(data)
+            if known is not None and data.get("key"):
+                with self._guard:
+                    self._known.setdefault(data["key"], known)
+        elif obj.get("kind") == "Job":
+            self.observe(obj, deleted=False)
 
     def observe(self, obj: dict[str, Any], *, deleted: bool) -> list[Waiter]:
         """A probe Job or pod from its watch; who to re-run (empty when it is none of ours)."""

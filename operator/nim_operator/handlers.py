@@ -19,7 +19,7 @@ from nim_operator.cache_reconciler import CacheReconciler
 from nim_operator.capacity import options_for
 from nim_operator.cluster_capacity import POOL_KINDS
 from nim_operator.controller import Controller
-from nim_operator.discovery import ManifestDiscovery
+from nim_operator.discovery import ManifestDiscovery, is_probe
 from nim_operator.integrations import IngressClasses
 from nim_operator.kopf_watch import tolerate_vanishing_resources
 from nim_operator.kube import PLURALS, Kube, api_client
@@ -115,6 +115,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     def seen(obj: dict[str, Any]) -> None:
         if obj["kind"] == "Deployment":
             reconciler.deployment_seen(obj)
+        elif is_probe(obj):
+            discovery.seen(obj)
 
     learned = kube.warm(CHILD_KINDS, memo.get("namespaces") or None, seen=seen)
     log.info("learned %d existing children; watching %d nodes", learned, len(reconciler.nodes))

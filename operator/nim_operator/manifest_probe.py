@@ -217,11 +217,13 @@ def render_probe_job(request: ProbeRequest) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ProbeOutcome:
     """Where a probe stands: ``done`` with the pod whose log holds the answer, ``failed`` with why, or
-    neither (still running, ``message`` says at what)."""
+    neither (still running, ``message`` says at what). ``ended``: the Job itself has finished, failed or
+    not (a pod stuck pulling fails the probe while its Job still runs)."""
 
     done_pod: str | None = None
     digest: str | None = None
     failed: bool = False
+    ended: bool = False
     reason: str = ""
     message: str = ""
 
@@ -248,15 +250,15 @@ def read_probe(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], image:
         done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
         if done:
             pod = done[-1]
-            return ProbeOutcome(done_pod=str(pod["metadata"]["name"]), digest=_digest(pod))
-        return ProbeOutcome(message=f"the manifest probe of {image} finished; waiting for its pod")
+            return ProbeOutcome(done_pod=str(pod["metadata"]["name"]), digest=_digest(pod), ended=True)
+        return ProbeOutcome(message=f"the manifest probe of {image} finished; waiting for its pod", ended=True)
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed is not None:
         said = _last_words(pods)
         reason = str(failed.get("reason") or "ProbeFailed")
         text = said or str(failed.get("message") or "the probe Job failed")
         return ProbeOutcome(
-            failed=True, reason=reason, message=f"the manifest probe of {image} failed ({reason}): {text}"
+            failed=True, reason=reason, message=f"the manifest probe of {image} failed ({reason}): {text}", ended=True
         )
     problem = find_pod_problem(pods)
     if problem is not None and problem.reason in STUCK:

@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from nim_operator.manifest_probe import LABEL_PROBE, key_hash, object_name
-from tests.operator.conftest import NIM, OperatorProcess, wait_for
+from tests.operator.conftest import NIM, OperatorProcess
 from tests.unit.nim_manifests import IDS, LLAMA_8B_V2, NVIDIA_MANIFESTS
 
 pytestmark = pytest.mark.cluster
@@ -108,7 +108,9 @@ def test_a_config_map_that_is_no_manifest_fails_naming_both_formats(nim: NIM) ->
     assert "NIM's (a v1 map of profile ids" in failed["message"]
 
 
-def test_an_image_that_cannot_be_asked_is_deployed_without_a_profile_and_probed_once(nim: NIM) -> None:
+def test_an_image_that_cannot_be_asked_is_deployed_without_a_profile_and_probed_once(
+    nim: NIM, operator_process: OperatorProcess
+) -> None:
     image = {"repository": "nvcr.io/nim/acme/probe-me", "tag": "2"}
     nim.create("first", {"image": image})
     status = nim.wait_state("first", "Ready")
@@ -116,14 +118,23 @@ def test_an_image_that_cannot_be_asked_is_deployed_without_a_profile_and_probed_
     assert "NIM_MODEL_PROFILE" not in _env(nim, "first")
     jobs = client.BatchV1Api(nim.api)
     selector = f"{LABEL_PROBE}={key_hash('nvcr.io/nim/acme/probe-me:2')}"
-    wait_for(
-        lambda: not jobs.list_namespaced_job(nim.namespace, label_selector=selector).items, what="the probe Job to go"
-    )
-    # A second service of the same image takes the remembered answer: Ready, and the Job controller
-    # created the probe's pod once in all.
+    # The ended Job stays as the record of the failure (the Job controller removes it after its TTL).
+    kept = jobs.list_namespaced_job(nim.namespace, label_selector=selector).items
+    assert [j.status.succeeded for j in kept] == [1]
+    assert kept[0].spec.ttl_seconds_after_finished > 0
+    # A second service of the same image takes the remembered answer, and so does a third after an
+    # operator restart: Ready, and the Job controller created the probe's pod once in all.
     nim.create("second", {"image": image})
     second = nim.wait_state("second", "Ready")
     assert second["profile"]["reason"] == status["profile"]["reason"]
+    operator_process.stop()
+    operator_process.start()
+    nim.create("third", {"image": image})
+    third = nim.wait_state("third", "Ready")
+    assert third["profile"]["reason"] == status["profile"]["reason"]
+    assert [j.metadata.uid for j in jobs.list_namespaced_job(nim.namespace, label_selector=selector).items] == [
+        kept[0].metadata.uid
+    ]
     job = object_name("nvcr.io/nim/acme/probe-me:2")
     events = nim.core.list_namespaced_event(nim.namespace, field_selector=f"involvedObject.name={job}").items
     assert [e.reason for e in events if e.reason == "SuccessfulCreate"] == ["SuccessfulCreate"]

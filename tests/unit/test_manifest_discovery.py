@@ -183,13 +183,17 @@ class ProbeKube:
 def _finish(discovery: ManifestDiscovery, probe: ProbeKube, namespace: str, key: str) -> list[tuple[str, str, str]]:
     """The Job controller and the kubelet: the probe's Job completes and its pod succeeded; who is re-run."""
     path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{object_name(key)}"
+    probe.objects[path]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     job = copy.deepcopy(probe.objects[path])
-    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     discovery.observe(job, deleted=False)
-    pod = _pod("Succeeded")
+    return discovery.observe(_probe_pod(job, "Succeeded"), deleted=False)
+
+
+def _probe_pod(job: dict[str, Any], phase: str, **status: Any) -> dict[str, Any]:
+    pod = _pod(phase, **status)
     pod["kind"] = "Pod"
     pod["metadata"]["labels"] = job["metadata"]["labels"]
-    return discovery.observe(pod, deleted=False)
+    return pod
 
 
 def test_discovery_probes_once_per_image_keeps_the_answer_and_cleans_up() -> None:
@@ -227,21 +231,77 @@ def test_discovery_probes_once_per_image_keeps_the_answer_and_cleans_up() -> Non
     assert len(probe.writes) == writes
 
 
-def test_an_unreadable_log_is_an_unknown_manifest_retried_later() -> None:
+def test_a_failed_probe_keeps_its_job_as_the_record_and_a_restart_writes_nothing() -> None:
     probe = ProbeKube()
     now = [0.0]
     discovery = ManifestDiscovery(probe.kube, retry_seconds=600, clock=lambda: now[0])
     request = probe_request("team-a", IMAGE, "1.8.0")
-    discovery.lookup(request, ("NIMService", "team-a", "llama"))
+    asker = ("NIMService", "team-a", "llama")
+    discovery.lookup(request, asker)
+    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
     probe.logs["j-abc"] = client.ApiException(status=500, reason="dial tcp 10.0.0.1:10250: connect: refused")
     _finish(discovery, probe, "team-a", request.key)
-    unknown = discovery.lookup(request, ("NIMService", "team-a", "llama"))
+    unknown = discovery.lookup(request, asker)
     assert isinstance(unknown, Unknown)
     assert unknown.reason == "ManifestUnreadable"
     assert "could not be read: 500 dial tcp" in unknown.message
-    assert discovery.lookup(request, ("NIMService", "team-a", "llama")) == unknown  # no new Job meanwhile
+    assert discovery.lookup(request, asker) == unknown  # no new Job meanwhile
+    assert job_path in probe.objects  # the ended Job stays: the record of the failure, until its TTL
+    assert not [w for w in probe.writes if w[0] == "DELETE"]
+    writes = len(probe.writes)
+    # A restarted operator learns the Job from its start-up listing and its pod from the pod watch: the
+    # same answer, for any namespace, and nothing written.
+    restarted = ManifestDiscovery(probe.kube, retry_seconds=600, clock=lambda: now[0])
+    restarted.seen(copy.deepcopy(probe.objects[job_path]))
+    restarted.observe(_probe_pod(probe.objects[job_path], "Succeeded"), deleted=False)
+    assert restarted.lookup(probe_request("team-b", IMAGE, "1.8.0"), ("NIMService", "team-b", "x")) == unknown
+    assert len(probe.writes) == writes
+    # Retried after retry_seconds from the Job while it lasts: its log, readable now, answers.
     now[0] = 601
-    assert isinstance(discovery.lookup(request, ("NIMService", "team-a", "llama")), Probing)
+    probe.logs["j-abc"] = LLAMA_8B_V2
+    assert isinstance(discovery.lookup(request, asker), Known)
+    assert job_path not in probe.objects  # read: now it goes
+
+
+def test_once_the_kept_job_is_gone_the_image_is_probed_again_after_the_retry_time() -> None:
+    probe = ProbeKube()
+    now = [0.0]
+    discovery = ManifestDiscovery(probe.kube, retry_seconds=600, clock=lambda: now[0])
+    request = probe_request("team-a", IMAGE, "1.8.0")
+    asker = ("NIMService", "team-a", "llama")
+    discovery.lookup(request, asker)
+    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
+    probe.logs["j-abc"] = "not a manifest: {"
+    _finish(discovery, probe, "team-a", request.key)
+    unknown = discovery.lookup(request, asker)
+    assert isinstance(unknown, Unknown)
+    assert unknown.reason == "InvalidManifest"
+    # The Job controller removes the ended Job after its TTL; the askers are re-run once.
+    assert discovery.observe(probe.objects.pop(job_path), deleted=True) == [asker]
+    assert discovery.lookup(request, asker) == unknown  # remembered until retry_seconds
+    assert job_path not in probe.objects
+    now[0] = 601
+    assert isinstance(discovery.lookup(request, asker), Probing)
+    assert job_path in probe.objects
+
+
+def test_a_probe_stuck_pulling_is_stopped_not_kept() -> None:
+    probe = ProbeKube()
+    discovery = ManifestDiscovery(probe.kube)
+    request = probe_request("team-a", IMAGE, "1.8.0")
+    asker = ("NIMService", "team-a", "llama")
+    discovery.lookup(request, asker)
+    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
+    job = copy.deepcopy(probe.objects[job_path])
+    pod = pulling_failed()
+    pod["kind"] = "Pod"
+    pod["metadata"]["labels"] = job["metadata"]["labels"]
+    discovery.observe(job, deleted=False)
+    discovery.observe(pod, deleted=False)
+    unknown = discovery.lookup(request, asker)
+    assert isinstance(unknown, Unknown)
+    assert unknown.reason == "ImagePullBackOff"
+    assert job_path not in probe.objects  # its Job still runs: deleted, so the pull stops
 
 
 def test_what_the_service_does_with_each_answer() -> None:
