@@ -276,6 +276,9 @@ class Reconciler:
         # The pod problem last announced by an Event, per NIMService uid: one Event when a problem appears
         # or changes its reason, not one per reconcile (pod events re-run reconcile often).
         self._announced: dict[str, PodProblem] = {}
+        # NIMService uids that have been Ready since this process started (or were when it started): their
+        # changes of state are news, while a first rollout's (Pending, NotReady, Ready) is told by status.
+        self._served: set[str] = set()
         # NIMCache bodies by (namespace, name), kept by their watch; and which cache each service mounts.
         self.caches: dict[tuple[str, str], dict[str, Any]] = {}
         self._mounts: dict[tuple[str, str], str] = {}
@@ -295,6 +298,7 @@ class Reconciler:
         the services that came and went."""
         self._written.pop(uid, None)
         self._announced.pop(uid, None)
+        self._served.discard(uid)
         self.kube.applied.prune_owner(uid)
         self.left_behind.forget(uid)
         if namespace is not None and name is not None:
@@ -902,13 +906,18 @@ class Reconciler:
         now_profile = status.profile.id if status.profile else None
         if now_profile and now_profile != before_profile:
             self.emit(body, "Normal", "ProfileSelected", status.profile.reason if status.profile else "")
+        served = owner.uid in self._served or before_state == "Ready"
+        if status.state == "Ready":
+            self._served.add(owner.uid)
         if status.state != before_state:
             failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
-            # A new service starting Pending is no news (its ProfileSelected Event, if any, says what
-            # happens); a failure always is, and so is every later change of state.
+            # A failure is always news. A service's first rollout is not (status says each step, and Ready's
+            # lastTransitionTime when it ended; its ProfileSelected Event, if any, says what was chosen): a
+            # thousand services applied at once post no thousand Events. Once it has served, every change
+            # of state is.
             if failed is not None:
                 self.emit(body, "Warning", failed.reason, failed.message)
-            elif before_state is not None:
+            elif served:
                 self.emit(body, "Normal", status.state, f"state {before_state} -> {status.state}")
         self._announce_route(body, previous, status)
         return True

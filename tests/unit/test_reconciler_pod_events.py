@@ -138,3 +138,36 @@ def test_deleted_pods_and_services_are_forgotten() -> None:
     reconciler.pod_seen(crashing)
     reconciler.reconcile(SERVICE)
     assert _warnings(events) == ["CrashLoopBackOff", "CrashLoopBackOff"], "a recreated service hears it anew"
+
+
+def test_a_first_rollout_is_told_by_status_and_state_events_start_once_it_served() -> None:
+    reconciler, kube, events = _reconciler()
+    reconciler.reconcile(SERVICE)
+    deployment = copy.deepcopy(kube.objects["/apis/apps/v1/namespaces/team-a/deployments/llama"])
+
+    def rollout(available: int) -> str:
+        """The Deployment controller reports ``available`` of its one replica; the state status says."""
+        counts = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": available, "availableReplicas": available}
+        deployment["status"] = {"observedGeneration": 1, **counts}
+        reconciler.deployment_seen(copy.deepcopy(deployment))
+        reconciler.reconcile(SERVICE)
+        state: str = kube.status_writes[-1]["state"]
+        return state
+
+    assert kube.status_writes[-1]["state"] == "Pending"
+    assert rollout(1) == "Ready"
+    assert [e for e in events if e[0] == "Normal"] == [], "a first rollout posts no state Event"
+    assert rollout(0) == "Pending"
+    assert rollout(1) == "Ready"
+    assert [(reason, message) for kind, reason, message in events if kind == "Normal"] == [
+        ("Pending", "state Ready -> Pending"),
+        ("Ready", "state Pending -> Ready"),
+    ]
+    # A restarted operator (nothing in memory) knows from the status it reads that the service has served.
+    restarted, memory, heard = _reconciler()
+    served = {**SERVICE, "status": kube.status_writes[-1]}
+    memory.objects = kube.objects
+    deployment["status"]["availableReplicas"] = 0
+    restarted.deployment_seen(copy.deepcopy(deployment))
+    restarted.reconcile(served)
+    assert [(kind, reason) for kind, reason, _ in heard] == [("Normal", "Pending")]
