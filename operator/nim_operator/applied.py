@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from nim_operator.constants import HASH_ANNOTATION
+from nim_operator.constants import HASH_ANNOTATION, LABEL_INSTANCE, LABEL_NAME, LABEL_NIMCACHE
 
 ChildKey = tuple[str, str, str, str]
 
@@ -48,12 +48,26 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
     return next((str(r.get("uid")) for r in refs if r.get("controller")), None)
 
 
+def made_for(obj: Mapping[str, Any]) -> str | None:
+    """The NIMService a child was made for, by its labels (``render.meta.child_labels``): what finds the
+    children no owner reference ties to it, its claims. A NIMCache's claim is its cache's, not a service's."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    instance = labels.get(LABEL_INSTANCE)
+    if not instance or labels.get(LABEL_NAME) != instance or LABEL_NIMCACHE in labels:
+        return None
+    if meta.get("deletionTimestamp"):
+        return None  # going: no longer anyone's to report
+    return str(instance)
+
+
 @dataclass(frozen=True)
 class Entry:
     digest: str  # hash of the desired body last applied; "" when unknown (someone else wrote it last)
     version: int
     owner: str | None
     exists: bool = True
+    service: str | None = None  # made_for(): the NIMService's name (in the child's namespace)
 
 
 class AppliedState:
@@ -67,7 +81,7 @@ class AppliedState:
     def record(self, key: ChildKey, digest: str, live: Mapping[str, Any]) -> None:
         """Our apply of ``digest`` returned ``live``."""
         with self._lock:
-            self._entries[key] = Entry(digest, version_of(live), controller_uid(live))
+            self._entries[key] = Entry(digest, version_of(live), controller_uid(live), service=made_for(live))
 
     def needs_apply(self, key: ChildKey, digest: str) -> bool:
         with self._lock:
@@ -97,11 +111,14 @@ class AppliedState:
             known = self._entries.get(key)
             if known is None or not known.exists:
                 # First sight (after a restart the hash annotation says what was applied), or it appeared.
-                self._entries[key] = Entry(digest, version, controller_uid(obj))
+                self._entries[key] = Entry(digest, version, controller_uid(obj), service=made_for(obj))
                 return known is not None or not digest
-            if version <= known.version or key[1] in NO_DRIFT_KINDS:
+            if version <= known.version:
                 return False
-            self._entries[key] = Entry("", version, known.owner)
+            if key[1] in NO_DRIFT_KINDS:
+                self._entries[key] = replace(known, version=version, service=made_for(obj))
+                return False
+            self._entries[key] = Entry("", version, known.owner, service=made_for(obj))
             return True
 
     def gone(self, key: ChildKey) -> None:
@@ -144,6 +161,18 @@ class AppliedState:
                 key[3]
                 for key, entry in self._entries.items()
                 if key[:3] == (api_version, kind, namespace) and entry.owner == owner_uid and entry.exists
+            )
+
+    def made_for(self, service: str, api_version: str, kind: str, namespace: str) -> list[str] | None:
+        """Names of the existing children of this kind made for NIMService ``service`` (by their labels,
+        owned or not); None when the kind was never listed in full (then only a LIST can tell)."""
+        with self._lock:
+            if (api_version, kind) not in self._listed:
+                return None
+            return sorted(
+                key[3]
+                for key, entry in self._entries.items()
+                if key[:3] == (api_version, kind, namespace) and entry.service == service and entry.exists
             )
 
     def prune_owner(self, owner_uid: str) -> None:

@@ -7,9 +7,10 @@ old name keep working until someone decides they are gone. Neither is left unrep
 old object and what to do (a ``LeftBehind`` condition, present only while there are any).
 
 Services are owned by their NIMService, so the operator's watched state knows them. Claims are not owned
-(they outlive it) and are found by their labels: one LIST when the spec's generation changes, and again at
-most every :data:`RECHECK_S` while some are reported, so deleting them clears the condition without a LIST
-on every reconcile.
+(they outlive it) and are found by their labels: in the watched state too once claims were listed in full
+(``AppliedState.made_for``); where they could not be, one LIST when the spec's generation changes, and
+again at most every :data:`RECHECK_S` while some are reported, so deleting them clears the condition
+without a LIST on every reconcile.
 """
 
 from __future__ import annotations

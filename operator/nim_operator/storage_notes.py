@@ -55,18 +55,24 @@ def _sharing(spec: NIMServiceSpec, owner: Owner, mount: CacheMount | None) -> No
 def left_behind(finder: LeftBehindFinder, owner: Owner, spec: NIMServiceSpec, generation: int) -> Leftovers:
     """Claims created for this NIMService that it no longer mounts, and Services it no longer names."""
     pvc = spec.storage.pvc if spec.storage else None
-    claims = finder.find(
-        owner_uid=owner.uid,
-        generation=generation,
-        api_version="v1",
-        kind="PersistentVolumeClaim",
-        namespace=owner.namespace,
-        selector=service_claim_selector(owner.name),
-        in_use={pvc_name(owner, spec)} if pvc is not None else set(),
-    )
+    in_use = {pvc_name(owner, spec)} if pvc is not None else set()
+    # Claims are not owned (they outlive the NIMService): their labels say whose they are. The watched state
+    # knows them by those labels once claims were listed in full, so a thousand services ask nothing.
+    made = finder.kube.applied.made_for(owner.name, "v1", "PersistentVolumeClaim", owner.namespace)
+    if made is not None:
+        claims = tuple(name for name in made if name not in in_use)
+    else:
+        claims = finder.find(
+            owner_uid=owner.uid,
+            generation=generation,
+            api_version="v1",
+            kind="PersistentVolumeClaim",
+            namespace=owner.namespace,
+            selector=service_claim_selector(owner.name),
+            in_use=in_use,
+        )
     current = service_name(owner, spec)
-    # Services are owned, so the watched state knows them (no LIST); claims are not owned (they outlive the
-    # NIMService), so only their labels say whose they are.
+    # Services are owned: the watched state knows them by owner.
     known = finder.kube.applied.owned(owner.uid, "v1", "Service", owner.namespace)
     if known is not None:
         services = tuple(name for name in known if name != current)

@@ -54,6 +54,36 @@ def test_claims_are_never_reapplied_for_their_status_changes() -> None:
     assert not state.needs_apply(key_of(claim), "h1")
 
 
+def _claim(name: str, *, service: str = "llama", version: int = 3, **labels: str) -> dict[str, Any]:
+    """A claim as the renderer labels it: no owner (it outlives its NIMService), only labels say whose."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "resourceVersion": str(version),
+            "labels": {c.LABEL_NAME: service, c.LABEL_INSTANCE: service, c.LABEL_MANAGED_BY: c.MANAGED_BY, **labels},
+        },
+    }
+
+
+def test_claims_made_for_a_service_are_known_by_their_labels_after_a_listing() -> None:
+    state = AppliedState()
+    assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-a") is None, "before a listing: a LIST"
+    cache_claim = _claim("cache", **{c.LABEL_NIMCACHE: "llama"})
+    state.listed("v1", "PersistentVolumeClaim", [_claim("models-a"), _claim("other", service="qwen"), cache_claim])
+    assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-a") == ["models-a"]
+    state.record(key_of(_claim("models-b")), "h1", _claim("models-b"))  # created after a rename
+    assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-a") == ["models-a", "models-b"]
+    going = _claim("models-a", version=9)
+    going["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z"
+    assert not state.observe(going), "a claim's changes are never drift"
+    assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-a") == ["models-b"], "a deleted one goes"
+    state.gone(key_of(going))
+    assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-b") == []
+
+
 def test_after_a_full_listing_absence_is_known_without_asking() -> None:
     state = AppliedState()
     listed = _child("Service")
