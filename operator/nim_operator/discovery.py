@@ -22,7 +22,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from nim_operator import constants as c
 from nim_operator.kube import ChildRejected, Kube
 from nim_operator.manifest_probe import (
+    ANNOTATION_IMAGE,
     CONTAINER,
     LABEL_PROBE,
     LOG_LIMIT_BYTES,
@@ -40,6 +41,7 @@ from nim_operator.manifest_probe import (
     object_name,
     pod_of_probe,
     probe_labels,
+    probing_message,
     read_probe,
     render_probe_job,
 )
@@ -168,6 +170,8 @@ class ManifestDiscovery:
         self._waiters: dict[str, set[Waiter]] = {}
         #: Key hashes whose probe has answered: when their Job is gone, nobody needs to wait any more.
         self._answered: set[str] = set()
+        #: The outcome each probe's askers last read (from :func:`read_probe`), by key hash.
+        self._views: dict[str, tuple[str | None, bool, str, str]] = {}
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -189,7 +193,7 @@ class ManifestDiscovery:
             with self._guard:
                 elsewhere = self._probing.get(key)
             if elsewhere is not None and elsewhere != request.namespace:
-                return Probing(request.image, f"the manifest probe of {request.image} runs in namespace {elsewhere}")
+                return Probing(request.image, probing_message(request.image, elsewhere))
             return self._probe(request)
 
     def _cached(self, request: ProbeRequest) -> Known | Unknown | None:
@@ -216,12 +220,15 @@ class ManifestDiscovery:
         name = object_name(key)
         with self._guard:
             job = self._jobs.get(key_hash(key))
+        if job is not None and (where := job["metadata"].get("namespace")) != request.namespace:
+            if job["metadata"].get("deletionTimestamp"):
+                job = None  # going: a new probe runs here, with this namespace's pull secrets
+            else:
+                # A probe elsewhere (running, or ended in a failure kept until the Job's TTL) answers for
+                # every namespace, as its answer in memory does: read there, not probed again here.
+                request = dataclasses.replace(request, namespace=where)
         if job is None:
             job = self.kube.get("batch/v1", "Job", request.namespace, name)
-        elif (where := job["metadata"].get("namespace")) and where != request.namespace:
-            # An ended probe elsewhere (its failure kept until the Job's TTL) answers for every namespace,
-            # as its answer in memory does: read there, not probed again here.
-            request = dataclasses.replace(request, namespace=where)
         if job is None or job["metadata"].get("deletionTimestamp"):
             with self._guard:
                 self._answered.discard(key_hash(key))
@@ -233,7 +240,7 @@ class ManifestDiscovery:
                 log.info("probing the manifest of %s in %s", request.image, request.namespace)
             with self._guard:
                 self._probing[key] = request.namespace
-            return Probing(request.image, f"the manifest probe of {request.image} is starting (pulling the image)")
+            return Probing(request.image, probing_message(request.image, request.namespace))
         with self._guard:
             self._probing[key] = request.namespace
         outcome = read_probe(job, self._pods_of(request.namespace, key, job), request.image)
@@ -302,10 +309,7 @@ class ManifestDiscovery:
             path = f"/api/v1/namespaces/{namespace}/pods"
             query = [("labelSelector", f"{LABEL_PROBE}={key_hash(key)}")]
             pods = self.kube.request("GET", path, query=query)["items"]
-        uid = job["metadata"].get("uid")
-        return [
-            p for p in pods if not uid or any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
-        ]
+        return _of_job(pods, job)
 
     def seen(self, obj: dict[str, Any]) -> None:
         """A probe Job or answer ConfigMap an earlier run left, from the start-up listing (before any
@@ -331,22 +335,42 @@ class ManifestDiscovery:
                 if deleted:
                     self._jobs.pop(hashed, None)
                     self._pods.pop(hashed, None)
+                    self._views.pop(hashed, None)
                     if hashed in self._answered:
                         # The last event of an answered probe: everyone re-runs once more, then the
                         # watch of this image stops re-running them (a new probe registers them again).
                         self._waiters.pop(hashed, None)
-                else:
-                    self._jobs[hashed] = slim(obj)
+                    return waiters
+                self._jobs[hashed] = slim(obj)
             elif deleted:
                 self._pods.get(hashed, {}).pop(name, None)
             else:
                 self._pods.setdefault(hashed, {})[name] = slim(obj)
-            return waiters
+            return waiters if self._moved(hashed) else []
+
+    def _moved(self, hashed: str) -> bool:
+        """Whether the probe's outcome, as its askers read it, changed (guard held). A probe's Job and pod
+        have some ten events; a thousand services of one image re-run for the two or three that matter."""
+        job = self._jobs.get(hashed)
+        if job is None:
+            return True  # a pod before its Job: nothing to compare with
+        image = (job["metadata"].get("annotations") or {}).get(ANNOTATION_IMAGE, "")
+        outcome = read_probe(job, _of_job(self._pods.get(hashed, {}).values(), job), image)
+        view = (outcome.done_pod, outcome.failed, outcome.reason, outcome.message)
+        moved = self._views.get(hashed) != view
+        self._views[hashed] = view
+        return moved
 
     def forget_waiter(self, waiter: Waiter) -> None:
         with self._guard:
             for waiters in self._waiters.values():
                 waiters.discard(waiter)
+
+
+def _of_job(pods: Iterable[dict[str, Any]], job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pods of this Job only (a deleted earlier probe's pod may still be known)."""
+    uid = job["metadata"].get("uid")
+    return [p for p in pods if not uid or any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
 
 
 def is_probe(obj: Mapping[str, Any]) -> bool:

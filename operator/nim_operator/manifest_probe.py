@@ -243,15 +243,23 @@ def _digest(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def probing_message(image: str, namespace: str) -> str:
+    """What a service waiting for the probe says, the same from the Job's creation to its answer: the Job's
+    steps (pulling, running, finishing) are the Job's news, not each waiting service's, whose status would
+    otherwise be rewritten at every step. A pod problem is news, and says so instead."""
+    return f"the manifest probe of {image} runs in namespace {namespace} (it pulls the image, then prints its manifest)"
+
+
 def read_probe(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], image: str) -> ProbeOutcome:
     """The probe's state from its Job and pods (as their watches delivered them)."""
     pods = list(pods)
+    running = probing_message(image, str(job["metadata"].get("namespace") or ""))
     if _condition(job, "Complete") is not None or _condition(job, "SuccessCriteriaMet") is not None:
         done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
         if done:
             pod = done[-1]
             return ProbeOutcome(done_pod=str(pod["metadata"]["name"]), digest=_digest(pod), ended=True)
-        return ProbeOutcome(message=f"the manifest probe of {image} finished; waiting for its pod", ended=True)
+        return ProbeOutcome(message=running, ended=True)  # its pod's event is on its way
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed is not None:
         said = _last_words(pods)
@@ -268,9 +276,7 @@ def read_probe(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], image:
         return ProbeOutcome(failed=True, reason=problem.reason, message=f"the manifest probe of {image}: {said}")
     if problem is not None:
         return ProbeOutcome(message=f"the manifest probe of {image} waits: {problem.message}")
-    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
-        return ProbeOutcome(message=f"the manifest probe of {image} is running")
-    return ProbeOutcome(message=f"the manifest probe of {image} is starting (pulling the image)")
+    return ProbeOutcome(message=running)
 
 
 def _last_words(pods: list[Mapping[str, Any]]) -> str:

@@ -22,6 +22,7 @@ from nim_operator.manifest_probe import (
     image_ref,
     object_name,
     probe_request,
+    probing_message,
     read_probe,
     render_probe_job,
     split_image,
@@ -128,9 +129,14 @@ def test_a_deadline_or_a_failed_cat_fails_the_probe_with_the_job_controllers_wor
     assert "DeadlineExceeded" in deadline.message
 
 
-def test_a_probe_in_progress_says_what_it_waits_for() -> None:
-    assert "pulling the image" in read_probe(_job(), [], IMAGE).message
-    assert "is running" in read_probe(_job(), [_pod("Running")], IMAGE).message
+def test_a_probe_in_progress_says_the_same_until_it_answers_or_a_pod_problem_is_news() -> None:
+    job, finished = _job(), _job(("Complete", ""))  # in namespace team-a
+    said = {read_probe(job, [], IMAGE).message, read_probe(job, [_pod("Running")], IMAGE).message}
+    said.add(read_probe(finished, [], IMAGE).message)  # before its pod's event
+    assert said == {probing_message(IMAGE, "team-a")}
+    assert "runs in namespace team-a" in probing_message(IMAGE, "team-a")
+    pending = _pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}])
+    assert "waits: " in read_probe(job, [pending], IMAGE).message
 
 
 class ProbeKube:
@@ -283,6 +289,27 @@ def test_once_the_kept_job_is_gone_the_image_is_probed_again_after_the_retry_tim
     now[0] = 601
     assert isinstance(discovery.lookup(request, asker), Probing)
     assert job_path in probe.objects
+
+
+def test_askers_are_re_run_only_when_what_they_would_read_changes() -> None:
+    probe = ProbeKube()
+    discovery = ManifestDiscovery(probe.kube)
+    request = probe_request("team-a", IMAGE, "1.8.0")
+    asker = ("NIMService", "team-a", "llama")
+    discovery.lookup(request, asker)
+    job = copy.deepcopy(probe.objects[f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"])
+    assert discovery.observe(job, deleted=False) == [asker], "first sight of the Job"
+    # The pod is created, scheduled, pulls, runs: the same wait for the askers, no re-run.
+    for phase in ("Pending", "Pending", "Running"):
+        assert discovery.observe(_probe_pod(job, phase), deleted=False) == []
+    stuck = _probe_pod(
+        job, "Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
+    )
+    assert discovery.observe(stuck, deleted=False) == [asker], "a pod problem is news"
+    assert discovery.observe(_probe_pod(job, "Running"), deleted=False) == [asker], "and so is its end"
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert discovery.observe(job, deleted=False) == [], "complete, its pod not yet seen Succeeded: still waiting"
+    assert discovery.observe(_probe_pod(job, "Succeeded"), deleted=False) == [asker], "the answer can be read"
 
 
 def test_a_probe_stuck_pulling_is_stopped_not_kept() -> None:
