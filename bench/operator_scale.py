@@ -300,19 +300,28 @@ def run_operator(api: client.ApiClient, count: int, namespaces: list[str], idle:
         "restart_writes": resync.get("nim_operator_api_writes_total", 0),
         "restart_reads": resync.get("nim_operator_api_reads_total", 0),
         "restart_writes_by_kind_verb": writes_by_kind_verb(resync),
+        "restart_reads_by_kind": by_labels(resync, "nim_operator_api_reads_total"),
+        "idle_writes_by_kind_verb": writes_by_kind_verb(after_idle, since=first),
         "rss_when_ready_mb": rss_when_ready,
         "rss_sampled_peak_mb": peak_sampled,
         "rss_sampled_peak_at_s": peak_at,
     }
 
 
-def writes_by_kind_verb(totals: dict[str, float]) -> dict[str, float]:
-    """The operator's write counter by its labels, e.g. ``{"kind=Event,verb=create": 1050.0}``."""
-    return {
-        k.partition("{")[2].rstrip("}").replace('"', ""): v
+def by_labels(totals: dict[str, float], metric: str, since: dict[str, float] | None = None) -> dict[str, float]:
+    """A counter of the operator by its labels, e.g. ``{"kind=Event,verb=create": 1050.0}``; with ``since``,
+    what it counted after that scrape."""
+    before = since or {}
+    counted = {
+        k.partition("{")[2].rstrip("}").replace('"', ""): v - before.get(k, 0)
         for k, v in totals.items()
-        if k.startswith("nim_operator_api_writes_total{") and v
+        if k.startswith(metric + "{")
     }
+    return {k: v for k, v in counted.items() if v}
+
+
+def writes_by_kind_verb(totals: dict[str, float], since: dict[str, float] | None = None) -> dict[str, float]:
+    return by_labels(totals, "nim_operator_api_writes_total", since)
 
 
 def main() -> int:
@@ -374,11 +383,13 @@ def main() -> int:
         f"{ours['idle_writes']:.0f} writes, {ours['idle_reconciles']:.0f} reconciles"
     )
     print("  queued during idle, by trigger:", {k[12:]: v for k, v in ours.items() if k.startswith("idle_queued_")})
+    print("  idle writes by kind and verb:", ours["idle_writes_by_kind_verb"])
     print(
         f"restart over {args.count} Ready services: {ours['restart_writes']:.0f} writes (target 0), "
         f"{ours['restart_reads']:.0f} reads, {ours['restart_reconciles']:.0f} reconciles"
     )
     print("  restart writes by kind and verb:", ours["restart_writes_by_kind_verb"])
+    print("  restart reads by kind:", ours["restart_reads_by_kind"])
     ratio = ours["ready_s"] / peer["ready_s"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
