@@ -22,7 +22,7 @@ from nim_operator.cache_profiles import NgcProfiles, ngc_profiles
 from nim_operator.cache_progress import Downloading, Key, ProgressPoller
 from nim_operator.cache_status import cached_profiles, compute_cache_status
 from nim_operator.discovery import ManifestDiscovery
-from nim_operator.kube import ChildRejected, Kube
+from nim_operator.kube import ChildRejected, EventSink, Kube
 from nim_operator.left_behind import LeftBehindFinder, cache_claim_selector
 from nim_operator.manifest_probe import probe_request, split_image
 from nim_operator.render.cache import CONTAINER, Cache, creates_pvc, job_name, pvc_name, render_job, render_pvc
@@ -31,8 +31,6 @@ from nim_operator.status import Failure
 from nim_runtime.profiles import NodeGpuFacts, ScaleUpOption
 
 log = logging.getLogger(__name__)
-
-EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 def _now() -> str:

@@ -66,6 +66,9 @@ def _message(err: client.ApiException) -> str:
 
 #: The kinds the operator writes, by (apiVersion, kind) -> plural. A fixed table instead of API
 #: discovery: discovery of a whole cluster costs ~80 MB of memory and a burst of requests at start.
+#: Posts an Event about an object: (object, type, reason, message); :meth:`Kube.post_event` is the real one.
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "Service"): "services",

@@ -7,13 +7,12 @@ write.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +23,14 @@ from pydantic import ValidationError
 from nim_operator import constants as c
 from nim_operator import metrics
 from nim_operator.api.spec import Condition, NIMServiceSpec, NIMServiceStatus, ProfileStatus, Rejected
-from nim_operator.applied import key_of
 from nim_operator.cache_mount import CacheMount, cache_mount, profile_not_held
+from nim_operator.child_apply import ChildApplier, Refusal
 from nim_operator.cluster_capacity import ClusterCapacity
 from nim_operator.discovery import ManifestDiscovery
 from nim_operator.dra_inventory import DraInventory
 from nim_operator.integration_status import status_extras
 from nim_operator.integrations import IngressClasses, ingress_problems
-from nim_operator.kube import ChildRejected, KindNotServed, Kube
+from nim_operator.kube import EventSink, Kube
 from nim_operator.left_behind import LeftBehindFinder
 from nim_operator.manifest_source import DISCOVERING, ManifestChoice, resolve_manifest
 from nim_operator.placement import (
@@ -51,11 +50,11 @@ from nim_operator.pod_health import (
     service_of,
     unbound_claim,
 )
-from nim_operator.render import Child, Owner, render_children
+from nim_operator.render import Owner, render_children
 from nim_operator.render import lws as lws_render
 from nim_operator.render.deployment import pvc_name
 from nim_operator.render.router import ROUTED_CONDITION, route_refusal
-from nim_operator.slim import owns_replicas, slim, slim_deployment, slim_pod
+from nim_operator.slim import slim, slim_deployment, slim_pod
 from nim_operator.status import Failure, Note, compute_status
 from nim_operator.storage_notes import storage_notes
 from nim_operator.workload import (
@@ -72,13 +71,6 @@ from nim_operator.workload import (
 from nim_runtime.profiles import NodeGpuFacts, ProfileDecision, ProfileError, ProfileSet
 
 log = logging.getLogger(__name__)
-
-#: Children that may be deleted and created again when an edit by someone else blocks our apply: nothing
-#: of theirs is lost (a Deployment's pods, a claim's data would be).
-RECREATABLE_KINDS = frozenset({"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy"})
-#: The kinds that run the pods: applied before every other child.
-WORKLOAD_KINDS = frozenset({"Deployment", "InferenceService"})
-EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 
 @dataclass
@@ -101,17 +93,6 @@ def _validation_message(err: ValidationError) -> str:
         path = "spec." + ".".join(str(p) for p in e["loc"])
         parts.append(f"{path}: {e['msg']}")
     return "; ".join(parts)
-
-
-def _missing_api(child: Child, err: KindNotServed) -> str:
-    """The Degraded text for an optional child whose API is absent; a required one refuses the spec."""
-    if child.requires is None:
-        text = child.unserved or (
-            f"the {child.kind} this spec asks for cannot be created; install its CRDs (retried without a spec "
-            "edit) or remove the field that asks for it"
-        )
-        raise _Refusal(Failure("MissingAPI", f"{err}: {text}"))
-    return f"{err}: {child.requires}"
 
 
 def _api_problem(err: BaseException) -> tuple[str, str]:
@@ -194,32 +175,11 @@ def _rollout_view(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _replicas_owners(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The managedFields entries that own ``spec.replicas``."""
-    return [entry for entry in deployment.get("metadata", {}).get("managedFields") or [] if owns_replicas(entry)]
-
-
-def _applies_replicas(deployment: Mapping[str, Any]) -> bool:
-    """Whether our field manager's apply owns ``spec.replicas`` of this Deployment (and no one else does)."""
-    owners = _replicas_owners(deployment)
-    ours = any(e.get("manager") == c.FIELD_MANAGER and e.get("operation") == "Apply" for e in owners)
-    return ours and len(owners) == 1
-
-
-class _Refusal(Exception):
-    """This generation of the spec cannot be reconciled: report the failure, touch nothing more."""
-
-    def __init__(self, failure: Failure, profile: ProfileStatus | None = None) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-        self.profile = profile
-
-
 def _parse_spec(body: Mapping[str, Any]) -> NIMServiceSpec:
     try:
         return NIMServiceSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
-        raise _Refusal(Failure("InvalidSpec", _validation_message(err))) from err
+        raise Refusal(Failure("InvalidSpec", _validation_message(err))) from err
 
 
 def _available(workload: Mapping[str, Any] | None) -> bool:
@@ -270,6 +230,7 @@ class Reconciler:
         self._guard = threading.Lock()
         # The newest Deployment each watch event delivered, by (namespace, name): status needs no GET.
         self._deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self._children = ChildApplier(kube, self.emit, self._deployments.get)
         # The pods of each NIMService as their watch delivered them, by (namespace, NIMService name) and pod
         # name: status explains missing replicas from them without listing pods on every reconcile.
         self._pods: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
@@ -433,7 +394,7 @@ class Reconciler:
                 self.kube, self.discovery, owner.namespace, owner.name, spec, runtime_repository=self.runtime_repository
             )
             if choice.refusal is not None:
-                raise _Refusal(choice.refusal)
+                raise Refusal(choice.refusal)
             if choice.waiting is not None:
                 choice = _keep_while_probing(choice, previous, generation)
             manifest = choice.manifest
@@ -447,21 +408,23 @@ class Reconciler:
             notes = storage_notes(self.left_behind, owner, spec, mount, generation)
             missing: list[str] = []
             if (refused := route_refusal(owner, spec)) is not None:
-                raise _Refusal(Failure(*refused))
+                raise Refusal(Failure(*refused))
             if waiting is None:
                 blocked = self._surge_blocked(owner)
                 children = render_children(
                     owner, spec, placement, mount, surge_blocked=blocked, group=workload.group, claims=workload.claims
                 )
-                children = self._keep_replicas(owner, spec, children)
-                outcome, applied, missing = self._apply_children(owner, children)
+                children = self._children.keep_replicas(owner, spec, children)
+                done = self._children.apply(owner, children)
+                outcome = Outcome(status=NIMServiceStatus(), applied=done.applied, deleted=done.deleted)
+                applied, missing = done.live, done.missing
                 missing += ingress_problems([ch.body for ch in children if ch.body], self.ingress_classes)
                 spec_changed = previous is not None and previous.observed_generation != generation
                 outcome.deleted += self._prune(owner, workload, outcome, spec_changed)
             else:
                 # Nothing changes while the cache fills: running pods keep what they mount.
                 outcome, applied = Outcome(status=NIMServiceStatus()), {}
-        except _Refusal as refusal:
+        except Refusal as refusal:
             return self._fail(body, owner, spec, generation, previous, refusal.profile or pstatus, refusal.failure)
         deployment = self._workload_state(owner, spec, applied)
         pods = self.pods_of(owner.namespace, owner.name)
@@ -514,7 +477,7 @@ class Reconciler:
             )
             verify_claims(self.kube, owner.namespace, workload.claims)
         except WorkloadError as err:
-            raise _Refusal(err.failure, pstatus) from err
+            raise Refusal(err.failure, pstatus) from err
         pods = [p["metadata"]["name"] for p in self.pods_of(owner.namespace, owner.name)]
         allocated = allocation_note(self.kube, owner.namespace, workload.claims, pods)
         return workload, placement, explain(explain(pstatus, note), allocated)
@@ -582,7 +545,7 @@ class Reconciler:
             served = placement.profile.id if placement.profile is not None else pinned
             missing = profile_not_held(namespace, ref.name, mount, served, field if pinned else "status.profile.id")
             if missing is not None:
-                raise _Refusal(missing)
+                raise Refusal(missing)
         return mount, waiting
 
     def _remember_mount(self, key: tuple[str, str], spec: NIMServiceSpec) -> None:
@@ -671,8 +634,8 @@ class Reconciler:
             failed = ProfileStatus(reason=str(err), rejected=rejected, inputs=inputs)
             pinned, field = spec.pinned_profile
             if pinned and manifest.profile(pinned) is None:
-                raise _Refusal(Failure("UnknownProfile", f"{field}: {err}"), failed) from err
-            raise _Refusal(Failure("NoProfileFits", str(err)), failed) from err
+                raise Refusal(Failure("UnknownProfile", f"{field}: {err}"), failed) from err
+            raise Refusal(Failure("NoProfileFits", str(err)), failed) from err
         status = profile_status(decision, manifest=manifest)
         status.inputs = inputs
         unchanged_spec = previous is not None and previous.observed_generation == generation
@@ -694,149 +657,6 @@ class Reconciler:
         if status.moved:
             status.reason = f"{status.reason} (moved {status.moved})"
         return decision, status
-
-    def _apply_children(
-        self, owner: Owner, children: list[Child]
-    ) -> tuple[Outcome, dict[str, dict[str, Any]], list[str]]:
-        """Apply what changed and delete what is off, all or nothing; optional integrations degrade.
-
-        When something of this service exists already, every changed child is first validated by a
-        server-side dry run, so a refused one leaves every running object as it was. A service created
-        from nothing skips the dry runs (they would double the writes of every creation): its children are
-        applied Deployment first, and if a later one is refused, the ones this pass created are deleted.
-        An optional child whose API the cluster does not serve is left out and named (the third value).
-        """
-        changed = [ch for ch in children if ch.body is not None and self.kube.needs_apply(ch.body)]
-        for child in changed:
-            if child.kind == "PersistentVolumeClaim" and child.body is not None and not self.kube.knows(child.body):
-                self._refuse_foreign_claim(owner, child.name)
-        missing: list[str] = []
-        recreate: set[str] = set()
-        if any(ch.body is not None and self.kube.knows(ch.body) for ch in changed):
-            missing, recreate = self._dry_run(changed)
-        for child in changed:
-            if child.kind == "Deployment" and child.body is not None and self.kube.knows(child.body):
-                self._hand_over_replicas(owner, child.body)
-        outcome = Outcome(status=NIMServiceStatus())
-        live: dict[str, dict[str, Any]] = {}
-        created: list[dict[str, Any]] = []
-        try:
-            # The workload first (a Deployment, or KServe's InferenceService): if it is refused, or its API is
-            # absent, nothing else was created, and nothing is created and rolled back on every retry.
-            for child in sorted(changed, key=lambda ch: ch.kind not in WORKLOAD_KINDS):
-                body = child.body or {}
-                if child.kind in recreate:
-                    self._recreate(owner, child)
-                try:
-                    obj, was_created = self.kube.apply(body)
-                except KindNotServed as err:
-                    missing.append(_missing_api(child, err))
-                    continue
-                if child.name == owner.name:  # not the endpoint picker's Deployment or Service
-                    live[child.kind] = obj
-                outcome.applied.append(f"{child.kind}/{child.name}")
-                if was_created:
-                    created.append(body)
-        except (ChildRejected, _Refusal) as err:
-            for body in created:
-                self.kube.delete(body["apiVersion"], body["kind"], owner.namespace, body["metadata"]["name"])
-            if isinstance(err, _Refusal):
-                raise
-            raise _Refusal(Failure("InvalidSpec", str(err))) from err
-        for child in children:
-            if child.body is None and self.kube.delete_owned(
-                child.api_version, child.kind, owner.namespace, child.name, owner.uid
-            ):
-                outcome.deleted.append(f"{child.kind}/{child.name}")
-        return outcome, live, missing
-
-    def _dry_run(self, changed: list[Child]) -> tuple[list[str], set[str]]:
-        """Validate every changed child before the first write; drops the optional ones the cluster does
-        not serve from ``changed``. Returns their Degraded texts, and the kinds to re-create.
-
-        A child someone else edited may refuse our apply although our spec is valid: their fields stay
-        (server-side apply keeps what another manager owns), and ours beside them can be invalid (a port
-        renumbered by hand duplicates our port's name). Such a child is re-created from the spec.
-        """
-        missing: list[str] = []
-        recreate: set[str] = set()
-        for child in list(changed):
-            body = child.body or {}
-            try:
-                self.kube.apply(body, dry_run=True)
-            except KindNotServed as err:
-                changed.remove(child)
-                missing.append(_missing_api(child, err))
-            except ChildRejected as err:
-                if child.kind in RECREATABLE_KINDS and self.kube.applied.edited_by_others(key_of(body)):
-                    recreate.add(child.kind)
-                    continue
-                raise _Refusal(Failure("InvalidSpec", str(err))) from err
-        return missing, recreate
-
-    def _recreate(self, owner: Owner, child: Child) -> None:
-        meta = {"metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid}}
-        body = {"apiVersion": c.API_VERSION, "kind": c.KIND, **meta}
-        self.emit(
-            body,
-            "Warning",
-            "Recreated",
-            f"{child.kind} {child.name} was edited by someone else into a shape the spec cannot be applied "
-            "over; it was deleted and created again from the spec",
-        )
-        self.kube.delete(child.api_version, child.kind, owner.namespace, child.name)
-
-    def _keep_replicas(self, owner: Owner, spec: NIMServiceSpec, children: list[Child]) -> list[Child]:
-        """Autoscaling turned off with no ``spec.replicas``: the count the autoscaler left is kept (the
-        Deployment is applied without the field, which stays with its current owner) instead of falling to
-        the default of one. A count in the spec, or a new Deployment, is applied as rendered."""
-        if spec.autoscaling or spec.replicas is not None:
-            return children
-        current = self._deployments.get((owner.namespace, owner.name))
-        if current is None or _applies_replicas(current) or not _replicas_owners(current):
-            return children
-        kept = []
-        for child in children:
-            if child.kind == "Deployment" and child.body is not None and "replicas" in child.body["spec"]:
-                body = {**child.body, "spec": {k: v for k, v in child.body["spec"].items() if k != "replicas"}}
-                child = dataclasses.replace(child, body=body)
-            kept.append(child)
-        return kept
-
-    def _hand_over_replicas(self, owner: Owner, body: dict[str, Any]) -> None:
-        """Before an apply that stops setting ``spec.replicas`` (autoscaling turned on), give the field to
-        another manager at its current value.
-
-        Server-side apply removes a field its manager no longer sets when no other manager owns it, and the
-        Deployment's default (1) would then replace, say, 3 running replicas until the autoscaler acts. With
-        a second owner the field keeps its value; the autoscaler takes it over from there.
-        """
-        if "replicas" in body["spec"]:
-            return
-        current = self._deployments.get((owner.namespace, owner.name)) or self.kube.get(
-            "apps/v1", "Deployment", owner.namespace, owner.name
-        )
-        if current is None or not _applies_replicas(current):
-            return
-        self.kube.hand_over(
-            "apps/v1", "Deployment", owner.namespace, owner.name, {"spec": {"replicas": current["spec"]["replicas"]}}
-        )
-
-    def _refuse_foreign_claim(self, owner: Owner, name: str) -> None:
-        """A claim to create that already exists must be this NIMService's: a user's claim of the same name
-        is never taken over (server-side apply would, and the NIMService's settings would land on it)."""
-        live = self.kube.get("v1", "PersistentVolumeClaim", owner.namespace, name)
-        labels = (live or {}).get("metadata", {}).get("labels") or {}
-        ours = labels.get(c.LABEL_MANAGED_BY) == c.MANAGED_BY and labels.get(c.LABEL_INSTANCE) == owner.name
-        if live is None or ours:
-            return
-        raise _Refusal(
-            Failure(
-                "PVCNotOwned",
-                f"PersistentVolumeClaim {name} exists and was not created for this NIMService: set "
-                "spec.storage.pvc.create to false to mount it as it is, or name another claim in spec.storage.pvc.name",
-            )
-        )
 
     def _fail(
         self,
