@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from nim_operator.constants import HASH_ANNOTATION, LABEL_INSTANCE, LABEL_NAME, LABEL_NIMCACHE
 
@@ -61,6 +61,17 @@ def made_for(obj: Mapping[str, Any]) -> str | None:
     return str(instance)
 
 
+_K = TypeVar("_K")
+
+
+def _discard(index: dict[_K, set[ChildKey]], at: _K, key: ChildKey) -> None:
+    keys = index.get(at)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[at]
+
+
 @dataclass(frozen=True)
 class Entry:
     digest: str  # hash of the desired body last applied; "" when unknown (someone else wrote it last)
@@ -77,11 +88,33 @@ class AppliedState:
         self._entries: dict[ChildKey, Entry] = {}
         self._listed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # Indexes of the entries by owner uid and by (apiVersion, kind, namespace, service): each reconcile
+        # asks both, and a scan of every child of a thousand services on each would be most of its CPU.
+        self._by_owner: dict[str, set[ChildKey]] = {}
+        self._by_service: dict[tuple[str, str, str, str], set[ChildKey]] = {}
+
+    def _put(self, key: ChildKey, entry: Entry) -> None:
+        """Set an entry, indexes included (lock held)."""
+        self._pop(key)
+        self._entries[key] = entry
+        if entry.owner is not None:
+            self._by_owner.setdefault(entry.owner, set()).add(key)
+        if entry.service is not None:
+            self._by_service.setdefault((key[0], key[1], key[2], entry.service), set()).add(key)
+
+    def _pop(self, key: ChildKey) -> Entry | None:
+        """Drop an entry, indexes included (lock held); the entry it was."""
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.owner is not None:
+            _discard(self._by_owner, entry.owner, key)
+        if entry is not None and entry.service is not None:
+            _discard(self._by_service, (key[0], key[1], key[2], entry.service), key)
+        return entry
 
     def record(self, key: ChildKey, digest: str, live: Mapping[str, Any]) -> None:
         """Our apply of ``digest`` returned ``live``."""
         with self._lock:
-            self._entries[key] = Entry(digest, version_of(live), controller_uid(live), service=made_for(live))
+            self._put(key, Entry(digest, version_of(live), controller_uid(live), service=made_for(live)))
 
     def needs_apply(self, key: ChildKey, digest: str) -> bool:
         with self._lock:
@@ -111,35 +144,35 @@ class AppliedState:
             known = self._entries.get(key)
             if known is None or not known.exists:
                 # First sight (after a restart the hash annotation says what was applied), or it appeared.
-                self._entries[key] = Entry(digest, version, controller_uid(obj), service=made_for(obj))
+                self._put(key, Entry(digest, version, controller_uid(obj), service=made_for(obj)))
                 return known is not None or not digest
             if version <= known.version:
                 return False
             if key[1] in NO_DRIFT_KINDS:
-                self._entries[key] = replace(known, version=version, service=made_for(obj))
+                self._put(key, replace(known, version=version, service=made_for(obj)))
                 return False
-            self._entries[key] = Entry("", version, known.owner, service=made_for(obj))
+            self._put(key, Entry("", version, known.owner, service=made_for(obj)))
             return True
 
     def gone(self, key: ChildKey) -> None:
         """The child was deleted (a watch event, or our own delete)."""
         with self._lock:
-            known = self._entries.pop(key, None)
+            known = self._pop(key)
             if known is not None and key[:2] not in self._listed:
-                self._entries[key] = Entry("", 0, known.owner, exists=False)
+                self._put(key, Entry("", 0, known.owner, exists=False))
 
     def mark_absent(self, key: ChildKey, owner: str | None) -> None:
         """A GET found nothing: remember it, so the next reconcile does not ask again."""
         with self._lock:
             if key[:2] in self._listed:
-                self._entries.pop(key, None)
+                self._pop(key)
             else:
-                self._entries[key] = Entry("", 0, owner, exists=False)
+                self._put(key, Entry("", 0, owner, exists=False))
 
     def forget(self, key: ChildKey) -> None:
         """Know nothing of this child any more (the next reconcile applies, or asks, again)."""
         with self._lock:
-            self._entries.pop(key, None)
+            self._pop(key)
 
     def listed(self, api_version: str, kind: str, items: Iterable[Mapping[str, Any]]) -> int:
         """A full listing of our children of a kind: learn each, and from now on absence means absent."""
@@ -157,11 +190,8 @@ class AppliedState:
         with self._lock:
             if (api_version, kind) not in self._listed:
                 return None
-            return sorted(
-                key[3]
-                for key, entry in self._entries.items()
-                if key[:3] == (api_version, kind, namespace) and entry.owner == owner_uid and entry.exists
-            )
+            keys = self._by_owner.get(owner_uid, ())
+            return sorted(k[3] for k in keys if k[:3] == (api_version, kind, namespace) and self._entries[k].exists)
 
     def made_for(self, service: str, api_version: str, kind: str, namespace: str) -> list[str] | None:
         """Names of the existing children of this kind made for NIMService ``service`` (by their labels,
@@ -169,17 +199,14 @@ class AppliedState:
         with self._lock:
             if (api_version, kind) not in self._listed:
                 return None
-            return sorted(
-                key[3]
-                for key, entry in self._entries.items()
-                if key[:3] == (api_version, kind, namespace) and entry.service == service and entry.exists
-            )
+            keys = self._by_service.get((api_version, kind, namespace, service), ())
+            return sorted(k[3] for k in keys if self._entries[k].exists)
 
     def prune_owner(self, owner_uid: str) -> None:
         """Drop every entry of a deleted owner (its children go with it: garbage collection)."""
         with self._lock:
-            for key in [k for k, e in self._entries.items() if e.owner == owner_uid]:
-                del self._entries[key]
+            for key in list(self._by_owner.get(owner_uid, ())):
+                self._pop(key)
 
     def __len__(self) -> int:
         with self._lock:

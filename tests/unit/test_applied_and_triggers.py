@@ -84,6 +84,37 @@ def test_claims_made_for_a_service_are_known_by_their_labels_after_a_listing() -
     assert state.made_for("llama", "v1", "PersistentVolumeClaim", "team-b") == []
 
 
+def test_the_indexes_answer_as_a_scan_of_every_entry_would() -> None:
+    """Random applies, watch events, deletions and prunes; owned() and made_for() against a plain scan."""
+    import random
+
+    rng = random.Random(7)
+    state = AppliedState()
+    state.listed("v1", "Service", [])
+    state.listed("v1", "PersistentVolumeClaim", [])
+    for _ in range(3000):
+        kind = rng.choice(["Service", "PersistentVolumeClaim"])
+        service, uid = rng.choice([("llama", "uid-1"), ("qwen", "uid-2"), ("phi", "uid-3")])
+        obj = _claim(f"c{rng.randrange(6)}", service=service, version=rng.randrange(1, 9))
+        obj["kind"] = kind
+        if kind == "Service":
+            obj["metadata"]["ownerReferences"] = [{"uid": uid, "controller": True}]
+        op = rng.randrange(5)
+        if op == 0:
+            state.record(key_of(obj), "h", obj)
+        elif op == 1:
+            state.observe(obj)
+        elif op == 2:
+            state.gone(key_of(obj))
+        elif op == 3:
+            state.mark_absent(key_of(obj), uid)
+        elif rng.random() < 0.1:
+            state.prune_owner(uid)
+        scanned = [(k[3], e) for k, e in state._entries.items() if k[:3] == ("v1", kind, "team-a") and e.exists]
+        assert state.owned(uid, "v1", kind, "team-a") == sorted(n for n, e in scanned if e.owner == uid)
+        assert state.made_for(service, "v1", kind, "team-a") == sorted(n for n, e in scanned if e.service == service)
+
+
 def test_after_a_full_listing_absence_is_known_without_asking() -> None:
     state = AppliedState()
     listed = _child("Service")
