@@ -18,6 +18,7 @@ from nim_operator.api.spec import NIMServiceSpec
 from nim_operator.discovery import Known, ManifestDiscovery, Probing, Unknown
 from nim_operator.manifest_probe import (
     LABEL_PROBE,
+    ProbeRequest,
     image_key,
     image_ref,
     object_name,
@@ -237,14 +238,23 @@ def test_discovery_probes_once_per_image_keeps_the_answer_and_cleans_up() -> Non
     assert len(probe.writes) == writes
 
 
-def test_a_failed_probe_keeps_its_job_as_the_record_and_a_restart_writes_nothing() -> None:
+ASKER = ("NIMService", "team-a", "llama")
+JOB_PATH = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(f'{IMAGE}:1.8.0')}"
+
+
+def _probing() -> tuple[ProbeKube, ManifestDiscovery, ProbeRequest, list[float]]:
+    """ASKER has started the probe of IMAGE:1.8.0 in team-a; failures are retried after 600 s of ``now``."""
     probe = ProbeKube()
     now = [0.0]
     discovery = ManifestDiscovery(probe.kube, retry_seconds=600, clock=lambda: now[0])
     request = probe_request("team-a", IMAGE, "1.8.0")
-    asker = ("NIMService", "team-a", "llama")
-    discovery.lookup(request, asker)
-    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
+    discovery.lookup(request, ASKER)
+    return probe, discovery, request, now
+
+
+def test_a_failed_probe_keeps_its_job_as_the_record_and_a_restart_writes_nothing() -> None:
+    probe, discovery, request, now = _probing()
+    asker, job_path = ASKER, JOB_PATH
     probe.logs["j-abc"] = client.ApiException(status=500, reason="dial tcp 10.0.0.1:10250: connect: refused")
     _finish(discovery, probe, "team-a", request.key)
     unknown = discovery.lookup(request, asker)
@@ -270,13 +280,8 @@ def test_a_failed_probe_keeps_its_job_as_the_record_and_a_restart_writes_nothing
 
 
 def test_once_the_kept_job_is_gone_the_image_is_probed_again_after_the_retry_time() -> None:
-    probe = ProbeKube()
-    now = [0.0]
-    discovery = ManifestDiscovery(probe.kube, retry_seconds=600, clock=lambda: now[0])
-    request = probe_request("team-a", IMAGE, "1.8.0")
-    asker = ("NIMService", "team-a", "llama")
-    discovery.lookup(request, asker)
-    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
+    probe, discovery, request, now = _probing()
+    asker, job_path = ASKER, JOB_PATH
     probe.logs["j-abc"] = "not a manifest: {"
     _finish(discovery, probe, "team-a", request.key)
     unknown = discovery.lookup(request, asker)
@@ -292,12 +297,9 @@ def test_once_the_kept_job_is_gone_the_image_is_probed_again_after_the_retry_tim
 
 
 def test_askers_are_re_run_only_when_what_they_would_read_changes() -> None:
-    probe = ProbeKube()
-    discovery = ManifestDiscovery(probe.kube)
-    request = probe_request("team-a", IMAGE, "1.8.0")
-    asker = ("NIMService", "team-a", "llama")
-    discovery.lookup(request, asker)
-    job = copy.deepcopy(probe.objects[f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"])
+    probe, discovery, _, _ = _probing()
+    asker = ASKER
+    job = copy.deepcopy(probe.objects[JOB_PATH])
     assert discovery.observe(job, deleted=False) == [asker], "first sight of the Job"
     # The pod is created, scheduled, pulls, runs: the same wait for the askers, no re-run.
     for phase in ("Pending", "Pending", "Running"):
@@ -313,13 +315,9 @@ def test_askers_are_re_run_only_when_what_they_would_read_changes() -> None:
 
 
 def test_a_probe_stuck_pulling_is_stopped_not_kept() -> None:
-    probe = ProbeKube()
-    discovery = ManifestDiscovery(probe.kube)
-    request = probe_request("team-a", IMAGE, "1.8.0")
-    asker = ("NIMService", "team-a", "llama")
-    discovery.lookup(request, asker)
-    job_path = f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"
-    job = copy.deepcopy(probe.objects[job_path])
+    probe, discovery, request, _ = _probing()
+    asker = ASKER
+    job = copy.deepcopy(probe.objects[JOB_PATH])
     pod = pulling_failed()
     pod["kind"] = "Pod"
     pod["metadata"]["labels"] = job["metadata"]["labels"]
@@ -328,7 +326,7 @@ def test_a_probe_stuck_pulling_is_stopped_not_kept() -> None:
     unknown = discovery.lookup(request, asker)
     assert isinstance(unknown, Unknown)
     assert unknown.reason == "ImagePullBackOff"
-    assert job_path not in probe.objects  # its Job still runs: deleted, so the pull stops
+    assert JOB_PATH not in probe.objects  # its Job still runs: deleted, so the pull stops
 
 
 def test_what_the_service_does_with_each_answer() -> None:
@@ -366,11 +364,8 @@ def parse_listing_for_test() -> ImageManifest:
 
 
 def test_once_answered_and_its_job_gone_the_probe_stops_re_running_its_askers() -> None:
-    probe = ProbeKube()
-    discovery = ManifestDiscovery(probe.kube)
-    request = probe_request("team-a", IMAGE, "1.8.0")
-    asker = ("NIMService", "team-a", "llama")
-    discovery.lookup(request, asker)
+    probe, discovery, request, _ = _probing()
+    asker = ASKER
     probe.logs["j-abc"] = f"{NOT_FOUND}\n"
     job = copy.deepcopy(probe.objects[f"/apis/batch/v1/namespaces/team-a/jobs/{object_name(request.key)}"])
     _finish(discovery, probe, "team-a", request.key)
