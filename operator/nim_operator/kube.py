@@ -64,11 +64,11 @@ def _message(err: client.ApiException) -> str:
     return message
 
 
-#: The kinds the operator writes, by (apiVersion, kind) -> plural. A fixed table instead of API
-#: discovery: discovery of a whole cluster costs ~80 MB of memory and a burst of requests at start.
 #: Posts an Event about an object: (object, type, reason, message); :meth:`Kube.post_event` is the real one.
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
+#: The kinds the operator writes, by (apiVersion, kind) -> plural. A fixed table instead of API
+#: discovery: discovery of a whole cluster costs ~80 MB of memory and a burst of requests at start.
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "Service"): "services",
